@@ -1,0 +1,3 @@
+from fastfog.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The hot paths, compiled or pure Python: import them from here.
+
+By default they come from the compiled extension ``fastfog._core``; a missing
+extension is an error on CPython rather than a silent slowdown. With
+``FASTFOG_NO_EXTENSIONS=1`` in the environment at import time (and on other
+Python implementations) they come from ``fastfog.reference``, the pure-Python
+twins with the same API.
+"""
+
+import os
+import platform
+
+NO_EXTENSIONS = os.environ.get("FASTFOG_NO_EXTENSIONS", "") not in ("", "0")
+
+if NO_EXTENSIONS or platform.python_implementation() != "CPython":
+    from fastfog.reference import (
+        DEFAULT_MAX_HEAD_SIZE,
+        DEFAULT_MAX_HEADERS,
+        CidrTable,
+        HostGlobSet,
+        RequestHead,
+        ResponseHead,
+        parse_request_head,
+        parse_response_head,
+    )
+
+    COMPILED = False
+else:
+    try:
+        from fastfog._core import (
+            DEFAULT_MAX_HEAD_SIZE,
+            DEFAULT_MAX_HEADERS,
+            CidrTable,
+            HostGlobSet,
+            RequestHead,
+            ResponseHead,
+            parse_request_head,
+            parse_response_head,
+        )
+    except ImportError as exc:
+        raise ImportError(
+            "fastfog's compiled core (fastfog._core) is not built or does not load: "
+            f"{exc}. Reinstall with `pip install .` (or `pip install -e .`) to build it, "
+            "or set FASTFOG_NO_EXTENSIONS=1 to run the pure-Python implementation."
+        ) from exc
+
+    COMPILED = True
+
+from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
+
+__all__ = [
+    "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
+    "HostGlobSet", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "parse_request_head",
+    "parse_response_head",
+]

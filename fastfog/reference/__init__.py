@@ -1,0 +1,22 @@
+"""Pure-Python twins of the compiled hot paths in ``fastfog._core``: same API.
+
+``fastfog.hotpaths`` picks between the two; ``FASTFOG_NO_EXTENSIONS=1``
+selects these.
+"""
+
+from fastfog.errors import HeadError
+from fastfog.reference.cidr import CidrTable
+from fastfog.reference.hostglob import HostGlobSet
+from fastfog.reference.httphead import (
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_HEADERS,
+    RequestHead,
+    ResponseHead,
+    parse_request_head,
+    parse_response_head,
+)
+
+__all__ = [
+    "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
+    "RequestHead", "ResponseHead", "parse_request_head", "parse_response_head",
+]

@@ -1,0 +1,20 @@
+"""Helpers shared by the tests."""
+
+from fastfog.errors import HeadError
+
+REQUEST_FIELDS = ("method", "target", "version", "headers", "head_end", "form", "scheme", "host",
+                  "port", "authority", "path", "content_length", "chunked", "keep_alive")
+RESPONSE_FIELDS = ("version", "status", "reason", "headers", "head_end", "content_length",
+                   "chunked", "keep_alive")
+
+
+def outcome(parse, data, **limits):
+    """What a head parser makes of ``data``: ("head", fields), ("incomplete",) or ("error", reason)."""
+    try:
+        head = parse(data, **limits)
+    except HeadError as err:
+        return ("error", str(err))
+    if head is None:
+        return ("incomplete",)
+    fields = REQUEST_FIELDS if hasattr(head, "method") else RESPONSE_FIELDS
+    return ("head", {name: getattr(head, name) for name in fields})
