@@ -53,3 +53,16 @@ __all__ = [
     "HostGlobSet", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "parse_request_head",
     "parse_response_head",
 ]
+
+
+def implementations():
+    """Each implementation usable in this process, by name: "reference", and "core" unless switched off.
+
+    For tests and benchmarks that run the same input through both.
+    """
+    import importlib
+
+    found = {"reference": importlib.import_module("fastfog.reference")}
+    if COMPILED:
+        found["core"] = importlib.import_module("fastfog._core")
+    return found

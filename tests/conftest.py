@@ -1,10 +1,9 @@
-import importlib
 import os
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from fastfog import hotpaths, reference
+from fastfog import hotpaths
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.register_profile(
@@ -12,9 +11,7 @@ settings.register_profile(
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-IMPLEMENTATIONS = {"reference": reference}
-if not hotpaths.NO_EXTENSIONS:
-    IMPLEMENTATIONS["core"] = importlib.import_module("fastfog._core")
+IMPLEMENTATIONS = hotpaths.implementations()
 
 needs_core = pytest.mark.skipif(
     "core" not in IMPLEMENTATIONS, reason="compiled core disabled by FASTFOG_NO_EXTENSIONS"

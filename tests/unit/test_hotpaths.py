@@ -1,0 +1,67 @@
+"""Which implementation runs, and how the command line reports it (real subprocesses)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastfog
+
+BLOCK_CORE = """
+import importlib.abc, sys
+class BlockCore(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "fastfog._core":
+            raise ImportError("No module named 'fastfog._core'")
+sys.meta_path.insert(0, BlockCore())
+"""
+
+
+def run(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+
+
+def test_environment_switch_selects_the_reference():
+    result = run("from fastfog import hotpaths; print(hotpaths.COMPILED, hotpaths.CidrTable.__module__)",
+                 FASTFOG_NO_EXTENSIONS="1")
+    assert result.stdout.split() == ["False", "fastfog.reference.cidr"]
+
+
+@pytest.mark.skipif(os.environ.get("FASTFOG_NO_EXTENSIONS", "") not in ("", "0"),
+                    reason="the compiled core is switched off in this run")
+def test_compiled_core_is_the_default():
+    result = run("from fastfog import hotpaths; print(hotpaths.COMPILED, hotpaths.CidrTable.__module__)",
+                 FASTFOG_NO_EXTENSIONS="0")
+    assert result.stdout.split() == ["True", "fastfog._core"]
+
+
+def test_missing_extension_is_a_clear_error_not_a_fallback():
+    result = run(BLOCK_CORE + "import fastfog.hotpaths", FASTFOG_NO_EXTENSIONS="")
+    assert result.returncode != 0
+    assert "fastfog's compiled core (fastfog._core) is not built" in result.stderr
+    assert "FASTFOG_NO_EXTENSIONS=1" in result.stderr
+
+
+def test_missing_extension_with_the_switch_runs_pure_python():
+    result = run(BLOCK_CORE + "from fastfog import hotpaths; print(hotpaths.COMPILED)",
+                 FASTFOG_NO_EXTENSIONS="1")
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command", [["fastfog"], [sys.executable, "-m", "fastfog"]])
+def test_version(command):
+    expected_core = ("pure-Python core" if os.environ.get("FASTFOG_NO_EXTENSIONS", "") not in ("", "0")
+                     else "compiled core")
+    for flag in ("--version", "-v"):
+        result = subprocess.run(command + [flag], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"fastfog {fastfog.__version__} ({expected_core})\n"
+
+
+def test_unexpected_arguments_are_an_error():
+    result = subprocess.run([sys.executable, "-m", "fastfog", "--no-such-flag"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
