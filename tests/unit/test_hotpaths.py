@@ -65,3 +65,36 @@ def test_unexpected_arguments_are_an_error():
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def stub_api():
+    """{name: set of members} for every class and function in fastfog/_core.pyi."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(fastfog.__file__).with_name("_core.pyi").read_text())
+    api = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            api[node.name] = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+        elif isinstance(node, ast.FunctionDef):
+            api[node.name] = set()
+    return api
+
+
+def test_type_stubs_describe_both_implementations(impl):
+    api = stub_api()
+    assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet",
+                        "parse_request_head", "parse_response_head"}
+    samples = {
+        "RequestHead": impl.parse_request_head(b"CONNECT h:1 HTTP/1.1\r\n\r\n"),
+        "ResponseHead": impl.parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n"),
+        "CidrTable": impl.CidrTable([]),
+        "HostGlobSet": impl.HostGlobSet([]),
+    }
+    for name, members in api.items():
+        assert hasattr(impl, name)
+        for member in members - {"__init__"}:
+            assert hasattr(samples[name], member), (name, member)
+    public = {name for name in dir(samples["RequestHead"]) if not name.startswith("_")}
+    assert public == api["RequestHead"]
