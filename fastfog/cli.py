@@ -1,9 +1,17 @@
-"""The ``fastfog`` command line."""
+"""The ``fastfog`` command line: ``check-config``, ``--version``; Smokescreen's flag names."""
 
 import argparse
 import sys
 
+import yaml
+
 from fastfog import __version__
+
+TLS_FLAGS = (
+    ("--tls-server-bundle-file", "cert_file", "FILE", "server certificate and key, one PEM file", False),
+    ("--tls-client-ca-file", "client_ca_files", "FILE", "CA for client certificates (repeatable)", True),
+    ("--tls-crl-file", "crl_files", "FILE", "certificate revocation list (repeatable)", True),
+)
 
 
 def version_text():
@@ -14,13 +22,74 @@ def version_text():
     return f"fastfog {__version__} ({core})"
 
 
+def _spellings(flag):
+    """Go's flag package accepts -flag and --flag alike; so does fastfog."""
+    return (flag, flag[1:])
+
+
+def add_config_flags(parser):
+    """Every Smokescreen flag (and fastfog's --workers), each stored under its Config attribute."""
+    from fastfog.config import KEYS, listing
+
+    parser.add_argument(*_spellings("--config-file"), dest="config_file", metavar="FILE",
+                        help="YAML config file (flags given override it; list flags append)")
+    for key in KEYS:
+        if key.flag is None:
+            continue
+        if key.parse is listing or getattr(key.parse, "item", None) is not None:
+            parser.add_argument(*_spellings(key.flag), dest=key.name, action="append",
+                                metavar=key.flag_metavar, help=key.flag_help)
+        elif key.flag_metavar is None:
+            parser.add_argument(*_spellings(key.flag), dest=key.name, action="store_const", const=True,
+                                help=key.flag_help)
+        else:
+            parser.add_argument(*_spellings(key.flag), dest=key.name, metavar=key.flag_metavar,
+                                help=key.flag_help)
+    for flag, name, metavar, text, repeatable in TLS_FLAGS:
+        parser.add_argument(*_spellings(flag), dest=f"tls_{name}", metavar=metavar, help=text,
+                            action="append" if repeatable else "store")
+
+
+def flags_from_args(args):
+    """argparse's namespace → the flags mapping fastfog.config.load_config takes."""
+    from fastfog.config import KEYS
+
+    flags = {key.name: getattr(args, key.name) for key in KEYS if key.flag is not None}
+    tls = {name: getattr(args, f"tls_{name}") for _, name, _, _, _ in TLS_FLAGS}
+    if any(tls.values()):
+        flags["tls"] = tls
+    return flags
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="fastfog",
+        prog="fastfog", allow_abbrev=False,
         description="fastfog: a high-throughput egress proxy, a drop-in replacement for Smokescreen.",
     )
     parser.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser(
+        "check-config", allow_abbrev=False,
+        help="load a config file (with its ACL and TLS files) and print it, or say what is wrong")
+    check.add_argument("file", metavar="FILE")
     return parser
+
+
+def check_config(path, out=sys.stdout, err=sys.stderr):
+    from fastfog.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        print(f"Failed to load config: {error}", file=err)
+        return 1
+    if config.acl is not None:
+        for warning in config.acl.warnings:
+            print(f"warning: {config.acl.path}: {warning}", file=err)
+    for problem in config.not_yet_supported():
+        print(f"warning: {path}: {problem}", file=err)
+    yaml.safe_dump(config.summary(), out, sort_keys=False, default_flow_style=False)
+    return 0
 
 
 def main(argv=None):
@@ -29,5 +98,7 @@ def main(argv=None):
     if args.version:
         print(version_text())
         return 0
+    if args.command == "check-config":
+        return check_config(args.file)
     parser.print_usage(sys.stderr)
     return 2

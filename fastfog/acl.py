@@ -1,0 +1,321 @@
+"""Egress ACLs in Smokescreen's v1 YAML format: loading, validation, decisions.
+
+A file names one rule per service (role), an optional default rule and global
+allow and deny lists of host globs. Loading validates everything Smokescreen
+validates, with its messages, and compiles every list into a host-glob set
+once; ``Acl.decide`` is then a few dictionary probes and returns one of the
+rule's prebuilt decisions, allocating nothing.
+
+fastfog extends a rule with ``allowed_ports`` (a CONNECT or request to another
+port is denied, ``port not allowed in rule``). Smokescreen ignores keys it does
+not know, so a file using it still loads there. Unknown keys are ignored here
+too: the ACL file, unlike the config file, is not strict.
+"""
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import yaml
+
+from fastfog import reasons
+from fastfog.hotpaths import HostGlobSet
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("open", "report", "enforce")
+PORT_NOT_ALLOWED = "port not allowed in rule"
+CODE_PORT = "acl_port"
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+
+
+class AclError(ValueError):
+    """An ACL file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of an ACL check, with the fields logs and metrics report."""
+
+    allow: bool
+    reason: str
+    result: str | None = None  # "allow", "report" or "deny": the acl.<result> metric; None: no ACL
+    project: str = ""
+    default_rule: bool = False
+    enforce_would_deny: bool = False
+    rule: str | None = None  # the service whose rule decided, None for the default rule
+    code: str | None = None  # X-Fastfog-Reason when denied
+
+
+NOT_CONFIGURED = Decision(True, reasons.ACL_NOT_CONFIGURED)
+ROLE_NOT_DETERMINED = Decision(False, reasons.ROLE_NOT_DETERMINED, code=reasons.CODE_ROLE_NOT_DETERMINED)
+DESTINATION_NOT_DETERMINED = Decision(False, reasons.DESTINATION_NOT_DETERMINED,
+                                      code=reasons.CODE_DESTINATION_NOT_DETERMINED)
+NO_RULE = Decision(False, reasons.NO_RULE_MATCHED, "deny", enforce_would_deny=True, code=reasons.CODE_NO_RULE)
+
+
+class Rule:
+    """One service's rule (or the default rule), with its decisions built in advance."""
+
+    __slots__ = ("name", "project", "action", "domains", "external_proxies", "ports", "mitm_domains",
+                 "allowed", "global_allow", "global_deny", "policy", "proxy_denied", "port_denied")
+
+    def __init__(self, name, project, action, domains, external_proxies, ports, mitm_domains):
+        self.name = name  # None for the default rule
+        self.project = project
+        self.action = action
+        self.domains = HostGlobSet(domains)
+        self.external_proxies = HostGlobSet(external_proxies)
+        self.ports = ports
+        self.mitm_domains = mitm_domains
+        is_default = name is None
+
+        def decision(allow, reason, result, code=None):
+            return Decision(allow, reason, result, project, is_default, result != "allow", name,
+                            None if allow else code)
+
+        self.allowed = decision(True, reasons.ALLOWED_DOMAIN, "allow")
+        self.global_deny = decision(False, reasons.GLOBAL_DENY, "deny", reasons.CODE_GLOBAL_DENY)
+        self.global_allow = decision(True, reasons.GLOBAL_ALLOW, "allow")
+        self.proxy_denied = decision(False, reasons.EXTERNAL_PROXY_NOT_ALLOWED, "deny",
+                                     reasons.CODE_EXTERNAL_PROXY)
+        self.port_denied = decision(False, PORT_NOT_ALLOWED, "deny", CODE_PORT)
+        allow, reason, result = {
+            "open": (True, reasons.OPEN_POLICY, "allow"),
+            "report": (True, reasons.REPORT_POLICY, "report"),
+            "enforce": (False, reasons.ENFORCE_POLICY, "deny"),
+        }[action]
+        self.policy = decision(allow, reasons.DEFAULT_RULE_POLICY if is_default else reason, result,
+                               reasons.CODE_ENFORCE)
+
+    def summary(self):
+        """What check-config and reload logs show of the rule."""
+        found = {"project": self.project, "action": self.action}
+        for key, value in (("allowed_domains", self.domains), ("allowed_external_proxies", self.external_proxies)):
+            found[key] = len(value)
+        if self.ports is not None:
+            found["allowed_ports"] = sorted(self.ports)
+        return found
+
+
+class Acl:
+    """A loaded, validated ACL."""
+
+    __slots__ = ("path", "rules", "default", "global_allow", "global_deny", "warnings")
+
+    def __init__(self, path, rules, default, global_allow, global_deny, warnings):
+        self.path = path
+        self.rules = rules
+        self.default = default
+        self.global_allow = HostGlobSet(global_allow)
+        self.global_deny = HostGlobSet(global_deny)
+        self.warnings = warnings
+
+    def decide(self, role, host, port=None, upstream_proxy=None):
+        """Decide for ``role`` reaching ``host`` (canonical, see classify.canonical_host) at ``port``.
+
+        ``upstream_proxy`` is the X-Upstream-Https-Proxy header value, if the request has one.
+        Smokescreen's order: rule (or default, or deny), upstream proxy, the rule's domains,
+        the global deny list, the global allow list, the rule's policy. fastfog's port policy
+        comes right after the rule is chosen.
+        """
+        if ":" in host:  # IPv6 literals, as Smokescreen (backwards compatibility)
+            return DESTINATION_NOT_DETERMINED
+        rule = self.rules.get(role, self.default)
+        if rule is None:
+            return NO_RULE
+        if rule.ports is not None and port not in rule.ports:
+            return rule.port_denied
+        if upstream_proxy:
+            proxy = parse_upstream_proxy(upstream_proxy)
+            if proxy is None or rule.external_proxies.match(proxy.host) is None:
+                return rule.proxy_denied
+        host = host.lower().rstrip(".")
+        if rule.domains.match(host) is not None:
+            return rule.allowed
+        if self.global_deny.match(host) is not None:
+            return rule.global_deny
+        if self.global_allow.match(host) is not None:
+            return rule.global_allow
+        return rule.policy
+
+    def summary(self):
+        found = {"path": self.path, "services": {name: rule.summary() for name, rule in self.rules.items()}}
+        found["default"] = None if self.default is None else self.default.summary()
+        found["global_allow_list"] = len(self.global_allow)
+        found["global_deny_list"] = len(self.global_deny)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamProxy:
+    """A parsed X-Upstream-Https-Proxy value."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+
+def parse_upstream_proxy(value):
+    """``https://[user:pass@]host:port`` → UpstreamProxy, or None when it cannot be used."""
+    try:
+        url = urlsplit(value.strip())
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme.lower() != "https" or not url.hostname or port is None or url.path not in ("", "/"):
+        return None
+    return UpstreamProxy(url.hostname.lower().rstrip("."), port, url.username, url.password)
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def _string(value, where):
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise AclError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strings(value, where):
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise AclError(f"{where}: expected a list of strings")
+    return value
+
+
+def validate_glob(owner, glob):
+    """Smokescreen's domain-glob checks; returns the entry as matched (trailing dots dropped)."""
+    if glob == "":
+        raise AclError("glob cannot be empty")
+    if glob in ("*", "*."):
+        raise AclError(f"{owner}: {glob}: domain glob must not match everything")
+    wildcard = glob.startswith("*.")
+    if glob.startswith("*") and not wildcard:
+        raise AclError(f"{owner}: {glob}: domain glob must represent a full prefix (sub)domain")
+    domain = glob[2:] if wildcard else glob
+    if "*" in domain:
+        raise AclError(f"{owner}: {glob}: domain globs are only supported as prefix")
+    normalized = domain.lower()
+    if not domain.isascii():
+        try:
+            normalized = domain.encode("idna").decode("ascii").lower()
+        except UnicodeError as err:
+            raise AclError(f"{owner}: {glob}: incorrect ACL entry: invalid domain '{domain}': {err}") from None
+    if normalized != domain:
+        suggestion = ("*." if wildcard else "") + normalized
+        raise AclError(f'{owner}: {glob}: incorrect ACL entry; use "{suggestion}"')
+    for char in domain:
+        if char not in _HOST_CHARS:
+            raise AclError(f"{owner}: {glob}: incorrect ACL entry: invalid domain '{domain}': "
+                           f"disallowed character {char!r}")
+    stripped = domain.rstrip(".")
+    if not stripped:
+        raise AclError(f"{owner}: {glob}: domain glob must not match everything")
+    return ("*." if wildcard else "") + stripped
+
+
+def _ports(value, where):
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise AclError(f"{where}: expected a non-empty list of ports")
+    ports = set()
+    for port in value:
+        if type(port) is not int or not 1 <= port <= 65535:
+            raise AclError(f"{where}: invalid port {port!r}: must be an integer from 1 to 65535")
+        if port in ports:
+            raise AclError(f"{where}: port {port} is listed twice")
+        ports.add(port)
+    return frozenset(ports)
+
+
+def _rule(raw, where, owner, name, disabled):
+    if not isinstance(raw, dict):
+        raise AclError(f"{where}: expected a mapping")
+    action = _string(raw.get("action"), f"{where}.action")
+    if action not in ACTIONS:
+        raise AclError(f"unknown action {action}")
+    if action in disabled:
+        raise AclError(f"rule for svc:{owner} utilizes a disabled policy:{action.capitalize()}")
+    domains = [validate_glob(owner, glob) for glob in _strings(raw.get("allowed_domains"), f"{where}.allowed_domains")]
+    proxies = [validate_glob(owner, glob)
+               for glob in _strings(raw.get("allowed_external_proxies"), f"{where}.allowed_external_proxies")]
+    mitm = raw.get("mitm_domains") or []
+    if not isinstance(mitm, list):
+        raise AclError(f"{where}.mitm_domains: expected a list")
+    mitm_domains = []
+    for index, entry in enumerate(mitm):
+        if not isinstance(entry, dict) or not isinstance(entry.get("domain"), str):
+            raise AclError(f"{where}.mitm_domains[{index}]: expected a mapping with a 'domain'")
+        domain = entry["domain"]
+        validate_glob(owner, domain)
+        if domain not in (raw.get("allowed_domains") or []):
+            raise AclError(f"domain {domain} was added to mitm_domains but is missing in allowed_domains")
+        mitm_domains.append(domain)
+    ports = _ports(raw.get("allowed_ports"), f"{where}.allowed_ports")
+    project = _string(raw.get("project"), f"{where}.project")
+    return Rule(name, project, action, domains, proxies, ports, tuple(mitm_domains))
+
+
+def parse_acl(document, path="<acl>", disabled_actions=()):
+    """A parsed YAML document → Acl; AclError names ``path`` and what is wrong."""
+    try:
+        return _parse(document, path, disabled_actions)
+    except AclError as err:
+        raise AclError(f"{path}: {err}") from None
+
+
+def _parse(document, path, disabled_actions):
+    for action in disabled_actions:
+        if action not in ACTIONS:
+            raise AclError(f"unknown action {action}")
+    disabled = frozenset(disabled_actions)
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise AclError("expected a mapping at the top level")
+    version = document.get("version")
+    if version != "v1":
+        raise AclError(f'expected version "v1" got "{"" if version is None else version}"')
+    services = document.get("services")
+    if services is None:
+        raise AclError("Top level list 'services' is missing")
+    if not isinstance(services, list):
+        raise AclError("services: expected a list")
+    rules = {}
+    for index, raw in enumerate(services):
+        where = f"services[{index}]"
+        name = _string(raw.get("name") if isinstance(raw, dict) else None, f"{where}.name")
+        rule = _rule(raw, where, name, name, disabled)
+        if name in rules:
+            raise AclError(f"rule already exists for service {name}")
+        rules[name] = rule
+    default = None
+    warnings = []
+    if document.get("default") is not None:
+        default = _rule(document["default"], "default", "default_rule", None, disabled)
+    else:
+        warnings.append("no default rule set. any services without a rule will be denied.")
+    global_deny = [validate_glob("global_deny_list", glob)
+                   for glob in _strings(document.get("global_deny_list"), "global_deny_list")]
+    global_allow = [validate_glob("global_allow_list", glob)
+                    for glob in _strings(document.get("global_allow_list"), "global_allow_list")]
+    if any(rule.mitm_domains for rule in [*rules.values(), default] if rule is not None):
+        warnings.append("mitm_domains are validated but not intercepted: fastfog does not decrypt traffic")
+    return Acl(path, rules, default, global_allow, global_deny, warnings)
+
+
+def load_acl(path, disabled_actions=()):
+    """Read and validate an ACL file; AclError names the file and what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = yaml.safe_load(file)
+    except OSError as err:
+        raise AclError(f"{path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise AclError(f"{path}: invalid YAML: {err}") from None
+    return parse_acl(document, path, disabled_actions)

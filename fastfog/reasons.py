@@ -1,0 +1,64 @@
+"""Every decision reason fastfog reports, in one place.
+
+The ``decision_reason`` strings are Smokescreen's, byte for byte: clients,
+log pipelines and dashboards match on them. Each deny also has a short
+machine-readable code, sent as ``X-Fastfog-Reason``.
+"""
+
+from typing import NamedTuple
+
+# ACL decisions (Smokescreen's pkg/smokescreen/acl/v1 and its request checks).
+ACL_NOT_CONFIGURED = "Egress ACL is not configured"
+ROLE_NOT_DETERMINED = "Client role cannot be determined"
+DESTINATION_NOT_DETERMINED = "Destination host cannot be determined"
+NO_RULE_MATCHED = "no rule matched"
+EXTERNAL_PROXY_NOT_ALLOWED = "connect proxy host not allowed in rule"
+ALLOWED_DOMAIN = "host matched allowed domain in rule"
+GLOBAL_DENY = "host matched rule in global deny list"
+GLOBAL_ALLOW = "host matched rule in global allow list"
+REPORT_POLICY = "rule has allow and report policy"
+ENFORCE_POLICY = "rule has enforce policy"
+OPEN_POLICY = "rule has open enforcement policy"
+DEFAULT_RULE_POLICY = "default rule policy used"
+
+# X-Fastfog-Reason codes for ACL denials.
+CODE_ROLE_NOT_DETERMINED = "acl_role_unknown"
+CODE_DESTINATION_NOT_DETERMINED = "acl_destination_unknown"
+CODE_NO_RULE = "acl_no_rule"
+CODE_EXTERNAL_PROXY = "acl_external_proxy"
+CODE_GLOBAL_DENY = "acl_global_deny"
+CODE_ENFORCE = "acl_enforce"
+
+
+
+class AddressClass(NamedTuple):
+    """What a destination address is, and whether it may be dialed."""
+
+    text: str  # Smokescreen's name for the class, as it appears in deny reasons
+    allowed: bool
+    metric: str  # counted once per decision under this name
+    code: str | None  # X-Fastfog-Reason when denied
+
+    def __str__(self):
+        return self.text
+
+
+SELF_CONNECTION = AddressClass("Deny: Self Connection", False, "resolver.deny.self_connection",
+                               "addr_self_connection")
+NOT_GLOBAL_UNICAST = AddressClass("Deny: Not Global Unicast", False, "resolver.deny.not_global_unicast",
+                                  "addr_not_global_unicast")
+USER_ALLOWED = AddressClass("Allow: User Configured", True, "resolver.allow.user_configured", None)
+USER_DENIED = AddressClass("Deny: User Configured", False, "resolver.deny.user_configured",
+                           "addr_user_configured")
+IPV6_EMBEDDING = AddressClass("Deny: IPv6 Embedding", False, "resolver.deny.ipv6_embedding",
+                              "addr_ipv6_embedding")
+PRIVATE_RANGE = AddressClass("Deny: Private Range", False, "resolver.deny.private_range", "addr_private")
+CGNAT_RANGE = AddressClass("Deny: CGNAT Range", False, "resolver.deny.cgnat_range", "addr_cgnat")
+SPECIAL_PURPOSE = AddressClass("Deny: Special Purpose", False, "resolver.deny.special_purpose",
+                               "addr_special_purpose")
+DEFAULT_ALLOWED = AddressClass("Allow: Default", True, "resolver.allow.default", None)
+
+
+def address_deny_reason(ip, address_class):
+    """Smokescreen's reason when no resolved address may be dialed; note the trailing space."""
+    return f"no valid IP found among resolved addresses - {ip} denied by rule '{address_class}'. "
