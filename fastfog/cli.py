@@ -1,4 +1,4 @@
-"""The ``fastfog`` command line: ``check-config``, ``--version``; Smokescreen's flag names."""
+"""The ``fastfog`` command line: ``serve``, ``check-config``, ``--version``; Smokescreen's flag names."""
 
 import argparse
 import sys
@@ -72,6 +72,8 @@ def build_parser():
         "check-config", allow_abbrev=False,
         help="load a config file (with its ACL and TLS files) and print it, or say what is wrong")
     check.add_argument("file", metavar="FILE")
+    serve = commands.add_parser("serve", allow_abbrev=False, help="run the proxy (Smokescreen's flags)")
+    add_config_flags(serve)
     return parser
 
 
@@ -92,6 +94,23 @@ def check_config(path, out=sys.stdout, err=sys.stderr):
     return 0
 
 
+def serve(args, err=sys.stderr):
+    from fastfog.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config_file, flags_from_args(args))
+    except ConfigError as error:
+        print(f"Could not create configuration: {error}", file=err)
+        return 1
+    problems = config.not_yet_supported()
+    if problems:
+        print(f"Could not create configuration: {'; '.join(problems)}", file=err)
+        return 1
+    from fastfog.server import run
+
+    return run(config)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -100,5 +119,7 @@ def main(argv=None):
         return 0
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "serve":
+        return serve(args)
     parser.print_usage(sys.stderr)
     return 2

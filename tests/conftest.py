@@ -3,7 +3,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from fastfog import hotpaths
+import netns
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.register_profile(
@@ -11,14 +11,25 @@ settings.register_profile(
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-IMPLEMENTATIONS = hotpaths.implementations()
-
-needs_core = pytest.mark.skipif(
-    "core" not in IMPLEMENTATIONS, reason="compiled core disabled by FASTFOG_NO_EXTENSIONS"
-)
+from support import IMPLEMENTATIONS  # noqa: E402
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def impl(request):
     """Each implementation of the hot paths in turn: the compiled core and its pure-Python twin."""
     return IMPLEMENTATIONS[request.param]
+
+
+def pytest_configure(config):
+    config.netns = netns.enter()
+    if not config.netns and os.environ.get("CI"):
+        raise pytest.UsageError(f"end-to-end tests need a private network namespace: {netns.unavailable_reason}")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason=netns.unavailable_reason or "no private network namespace")
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.netns)
+        if not config.netns and "netns" in item.keywords:
+            item.add_marker(skip)

@@ -1,6 +1,15 @@
 """Helpers shared by the tests."""
 
+import pytest
+
+from fastfog import hotpaths
 from fastfog.errors import HeadError
+
+IMPLEMENTATIONS = hotpaths.implementations()
+
+needs_core = pytest.mark.skipif(
+    "core" not in IMPLEMENTATIONS, reason="compiled core disabled by FASTFOG_NO_EXTENSIONS"
+)
 
 REQUEST_FIELDS = ("method", "target", "version", "headers", "head_end", "form", "scheme", "host",
                   "port", "authority", "path", "content_length", "chunked", "keep_alive")

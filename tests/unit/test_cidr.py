@@ -3,7 +3,7 @@
 import ipaddress
 
 import pytest
-from conftest import IMPLEMENTATIONS, needs_core
+from support import IMPLEMENTATIONS, needs_core
 from hypothesis import given
 from hypothesis import strategies as st
 

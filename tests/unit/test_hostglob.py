@@ -1,7 +1,7 @@
 """The host-glob set, against both implementations and against a scan of every entry."""
 
 import pytest
-from conftest import IMPLEMENTATIONS
+from support import IMPLEMENTATIONS
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,7 +1,7 @@
 """Property tests for the head parser: compiled core vs reference, and h11 as an outside oracle."""
 
 import h11
-from conftest import IMPLEMENTATIONS, needs_core
+from support import IMPLEMENTATIONS, needs_core
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from support import outcome

@@ -1,0 +1,127 @@
+"""Resolving destination names: pycares (through aiodns) with a bounded TTL cache.
+
+fastfog never calls the blocking ``getaddrinfo``. Lookups go to the configured
+resolvers (``resolver_addresses``) or those in ``/etc/resolv.conf``, A and/or
+AAAA by ``network`` (``ip``, ``ip4``, ``ip6``), within ``dns_timeout``.
+
+Answers are cached for their TTL, clamped to ``[min_ttl, max_ttl]``; failures
+(NXDOMAIN, no address) for ``negative_ttl``; timeouts are not cached. The cache
+holds at most ``max_entries`` names, dropping expired entries and then the
+oldest. Concurrent lookups of one name share one query, so a burst of webhooks
+to the same partner costs one round trip.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiodns
+import pycares
+
+DEFAULT_CACHE = {"max_entries": 100_000, "min_ttl": 0.0, "max_ttl": 300.0, "negative_ttl": 5.0}
+_QUERY_TYPES = {"ip": ("A", "AAAA"), "ip4": ("A",), "ip6": ("AAAA",)}
+_NOT_FOUND = {pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENONAME}
+
+
+class ResolveError(Exception):
+    """A lookup that produced no address; ``timeout`` tells a 504 from a 502."""
+
+    def __init__(self, message, timeout=False):
+        super().__init__(message)
+        self.timeout = timeout
+
+
+@dataclass(slots=True)
+class _Entry:
+    expires: float
+    addresses: tuple | None
+    error: ResolveError | None
+
+
+class Resolver:
+    """Name → addresses, cached. One per worker process, created on its event loop."""
+
+    def __init__(self, nameservers=(), timeout=5.0, network="ip", cache=None, loop=None):
+        self._loop = loop or asyncio.get_running_loop()
+        self._timeout = timeout
+        self._types = _QUERY_TYPES[network]
+        settings = dict(DEFAULT_CACHE)
+        settings.update({key: value for key, value in (cache or {}).items() if value is not None})
+        self._max_entries = settings["max_entries"]
+        self._min_ttl, self._max_ttl = settings["min_ttl"], settings["max_ttl"]
+        self._negative_ttl = settings["negative_ttl"]
+        self._cache = {}
+        self._inflight = {}
+        # Two tries (a lost UDP packet is retried); wait_for below holds the overall limit.
+        self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None, loop=self._loop,
+                                            timeout=timeout, tries=2)
+        self.queries_sent = 0
+
+    def close(self):
+        self._resolver.cancel()
+
+    async def resolve(self, name):
+        """The addresses of ``name`` (text, IPv4 first), or ResolveError."""
+        entry = self._cache.get(name)
+        if entry is not None:
+            if entry.expires > time.monotonic():
+                if entry.error is not None:
+                    raise entry.error
+                return entry.addresses
+            del self._cache[name]
+        pending = self._inflight.get(name)
+        if pending is None:
+            pending = self._loop.create_task(self._lookup(name))
+            self._inflight[name] = pending
+            pending.add_done_callback(lambda _, name=name: self._inflight.pop(name, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, name):
+        self.queries_sent += 1
+        queries = [self._resolver.query_dns(name, query_type) for query_type in self._types]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*queries, return_exceptions=True), self._timeout)
+        except asyncio.TimeoutError:
+            for query in queries:
+                query.cancel()
+            raise ResolveError(f"lookup {name}: i/o timeout", timeout=True) from None
+        addresses, ttl, failure = [], None, None
+        for result in results:
+            if isinstance(result, aiodns.error.DNSError):
+                failure = failure or result
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            for record in result.answer:
+                if record.type in (pycares.QUERY_TYPE_A, pycares.QUERY_TYPE_AAAA):
+                    addresses.append(record.data.addr)
+                    ttl = record.ttl if ttl is None else min(ttl, record.ttl)
+        if addresses:
+            self._store(name, _Entry(time.monotonic() + min(max(ttl, self._min_ttl), self._max_ttl),
+                                     tuple(addresses), None))
+            return tuple(addresses)
+        error = self._error(name, failure)
+        if not error.timeout:
+            self._store(name, _Entry(time.monotonic() + self._negative_ttl, None, error))
+        raise error
+
+    @staticmethod
+    def _error(name, failure):
+        if failure is None or failure.args[0] in _NOT_FOUND:
+            return ResolveError(f"lookup {name}: no such host")
+        if failure.args[0] == pycares.errno.ARES_ETIMEOUT:
+            return ResolveError(f"lookup {name}: i/o timeout", timeout=True)
+        if failure.args[0] == pycares.errno.ARES_ESERVFAIL:
+            return ResolveError(f"lookup {name}: server misbehaving")
+        return ResolveError(f"lookup {name}: {failure.args[1] if len(failure.args) > 1 else failure}")
+
+    def _store(self, name, entry):
+        if self._max_entries <= 0:
+            return
+        if len(self._cache) >= self._max_entries:
+            now = time.monotonic()
+            for key in [key for key, old in self._cache.items() if old.expires <= now]:
+                del self._cache[key]
+            while len(self._cache) >= self._max_entries:
+                del self._cache[next(iter(self._cache))]
+        self._cache[name] = entry

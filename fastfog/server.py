@@ -1,0 +1,151 @@
+"""``fastfog serve``: the listener, accepting, signals and graceful exit.
+
+The listening socket is a plain non-blocking socket watched by the loop, and
+each readable event accepts a batch of connections, so the proxy owns every
+client socket from the start (see proxy.py). SIGTERM, SIGINT and SIGUSR2 stop
+accepting at once, then wait for open tunnels to close or go idle, at most
+``exit_timeout``; what is left is closed and logged ``active_at_termination``.
+"""
+
+import asyncio
+import signal
+import socket
+import time
+
+import uvloop
+
+from fastfog.dns import Resolver
+from fastfog.logs import Log
+from fastfog.proxy import Proxy
+
+ACCEPT_BATCH = 64
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
+def open_listener(ip, port, reuse_port=False):
+    """A listening TCP socket on ``ip:port``; an empty ip means every address, IPv6 and IPv4."""
+    if ip == "":
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address = ("::", port)
+        except OSError:  # no IPv6 on this host
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = ("0.0.0.0", port)
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        address = (ip, port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(4096)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def local_addresses():
+    """This host's interface addresses (Linux /proc), for the self-connection check."""
+    found = set()
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as table:
+            for line in table:
+                digits = line.split()[0]
+                found.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(digits)))
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/fib_trie", encoding="ascii") as trie:
+            previous = None
+            for line in trie:
+                words = line.split()
+                if words[:1] == ["/32"] and "LOCAL" in words and previous:
+                    found.add(previous)
+                elif len(words) == 2 and words[0] in ("|--", "+--"):
+                    previous = words[1]
+    except OSError:
+        pass
+    return sorted(found)
+
+
+def own_addresses(listener):
+    host = listener.getsockname()[0]
+    if host in ("::", "0.0.0.0"):
+        return local_addresses()
+    return [host]
+
+
+async def serve(config, log, ready=None):
+    """Serve until a shutdown signal; ``ready(address)`` is called once listening."""
+    loop = asyncio.get_running_loop()
+    log.attach(loop)
+    listener = open_listener(config.ip, config.port)
+    address = listener.getsockname()
+    resolver = Resolver(config.resolver_addresses, config.dns_timeout, config.network, config.dns_cache)
+    proxy = Proxy(config, resolver, log, address[1], own_addresses(listener))
+    if config.acl is not None:
+        for warning in config.acl.warnings:
+            log.warning(warning, {"acl_file": config.acl.path})
+    stopping = loop.create_future()
+
+    def accept_ready():
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, peer = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:  # out of file descriptors, say: keep serving the open ones
+                log.error("accept failed", {"error": str(err)})
+                return
+            proxy.accept(client, peer)
+
+    def on_signal(signum):
+        if not stopping.done():
+            stopping.set_result(signum)
+
+    for signum in SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_reader(listener.fileno(), accept_ready)
+    listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+    log.info("listening", {"address": listen_text})
+    if ready is not None:
+        ready(address)
+    try:
+        signum = await stopping
+        log.info("quitting gracefully", {"signal": signal.Signals(signum).name})
+    finally:
+        loop.remove_reader(listener.fileno())
+        listener.close()
+        proxy.serving = False
+        for task in list(proxy.handlers):
+            task.cancel()
+        await _drain(proxy, config, log)
+        resolver.close()
+        log.flush()
+
+
+async def _drain(proxy, config, log):
+    """Wait for tunnels to close or go idle, at most exit_timeout, then close the rest."""
+    started = time.monotonic()
+    idle_after = config.idle_timeout or config.exit_timeout
+    while proxy.tunnels:
+        now = time.monotonic()
+        if now - started >= config.exit_timeout:
+            log.info("Timed out waiting for connections to become idle: closing all remaining connections.")
+            break
+        if all(now - tunnel.relay.last_activity >= idle_after for tunnel in proxy.tunnels):
+            log.info("All connections are idle: closing all remaining connections.")
+            break
+        await asyncio.sleep(min(0.1, config.exit_timeout - (now - started)))
+    proxy.close_tunnels(None)
+
+
+def run(config):
+    """Run the proxy on uvloop until it is told to stop; the process's exit code."""
+    log = Log(config.log_format)
+    uvloop.run(serve(config, log))
+    return 0

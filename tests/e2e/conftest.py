@@ -1,0 +1,213 @@
+"""Fixtures for end-to-end tests: stub DNS, origin servers and the proxy, inside the test namespace."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import netns
+from fastfog import stubdns
+
+DNS_PORT = 53
+RECORDS = {
+    "origin.test": [netns.ORIGIN],
+    "origin6.test": [netns.ORIGIN6],
+    "dual.test": [netns.ORIGIN, netns.ORIGIN6],
+    "private.test": ["10.0.0.1"],
+    "loopback.test": ["127.0.0.1"],
+    "metadata.test": ["169.254.169.254"],
+    "mixed.test": ["10.0.0.1", netns.ORIGIN],
+    "proxy.test": [netns.PROXY],
+    "servfail.test": stubdns.SERVFAIL,
+    "silent.test": stubdns.SILENT,
+}
+
+
+class Background:
+    """An event loop in a daemon thread, for the servers the proxy talks to."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine, timeout=10):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class EchoOrigin(asyncio.Protocol):
+    """Echoes what it gets; at end of stream answers ``<EOF>`` and closes (shows half-close works)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.server.connections += 1
+
+    def data_received(self, data):
+        self.server.received += len(data)
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.transport.write(b"<EOF>")
+        self.transport.close()
+        return True
+
+
+class SilentOrigin(asyncio.Protocol):
+    """Accepts and never reads: its socket buffers fill and the proxy must stop reading the client."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def connection_made(self, transport):
+        self.server.connections += 1
+        transport.pause_reading()
+        self.server.transports.append(transport)
+
+
+class OriginServer:
+    """A TCP origin with connection counting."""
+
+    def __init__(self, background, host, port, protocol):
+        self.background = background
+        self.host, self.port = host, port
+        self.protocol = protocol
+        self.connections = 0
+        self.received = 0
+        self.transports = []
+        self.server = background.run(background.loop.create_server(lambda: protocol(self), host, port))
+
+    def close(self):
+        for transport in self.transports:
+            transport.abort()
+        self.server.close()
+
+
+@pytest.fixture(scope="session")
+def background():
+    worker = Background()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def dns(background):
+    stub = background.run(stubdns.start(netns.DNS, DNS_PORT, RECORDS, ttl=60))
+    yield stub
+    background.loop.call_soon_threadsafe(stub.transport.close)
+
+
+@pytest.fixture
+def echo(background):
+    servers = [OriginServer(background, host, 7, EchoOrigin) for host in (netns.ORIGIN, netns.ORIGIN6)]
+    yield servers[0]
+    for server in servers:
+        background.loop.call_soon_threadsafe(server.close)
+
+
+@pytest.fixture
+def silent(background):
+    server = OriginServer(background, netns.ORIGIN, 9, SilentOrigin)
+    yield server
+    background.loop.call_soon_threadsafe(server.close)
+
+
+@pytest.fixture
+def blackhole():
+    """An address whose SYNs go unanswered: a backlog-0 listener with its queue already full."""
+    listener = socket.socket()
+    listener.bind((netns.BLACKHOLE, 443))
+    listener.listen(0)
+    filler = socket.create_connection((netns.BLACKHOLE, 443))
+    yield (netns.BLACKHOLE, 443)
+    filler.close()
+    listener.close()
+
+
+class ProxyProcess:
+    """``fastfog serve`` as a subprocess; its stderr log lines are collected for assertions."""
+
+    def __init__(self, args, env=None):
+        self.args = args
+        self.process = subprocess.Popen([sys.executable, "-m", "fastfog", "serve", *args],
+                                        stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        self.lines = []
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._listening.wait(20):
+            self.stop()
+            raise RuntimeError(f"fastfog serve did not start: {self.lines}")
+
+    def _read(self):
+        for raw in self.process.stderr:
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            if '"msg": "listening"' in line:
+                self._listening.set()
+
+    def records(self, msg=None, wait_for=0, timeout=5):
+        """Parsed JSON records (with ``msg``), waiting up to ``timeout`` for at least ``wait_for``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = []
+            for line in list(self.lines):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if msg is None or record.get("msg") == msg:
+                    found.append(record)
+            if len(found) >= wait_for or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_proxy(dns, tmp_path):
+    """Start ``fastfog serve`` on the proxy address with the stub resolver; extra flags and files as given."""
+    started = []
+
+    def start(*flags, config=None, acl=None, env=None, port=4750):
+        args = ["--listen-ip", netns.PROXY, "--listen-port", str(port),
+                "--resolver-address", f"{netns.DNS}:{DNS_PORT}", *flags]
+        if acl is not None:
+            path = tmp_path / f"acl{len(started)}.yaml"
+            path.write_text(acl)
+            args += ["--egress-acl-file", str(path)]
+        if config is not None:
+            path = tmp_path / f"config{len(started)}.yaml"
+            path.write_text(config)
+            args += ["--config-file", str(path)]
+        proxy = ProxyProcess(args, env)
+        proxy.address = (netns.PROXY, port)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
