@@ -15,7 +15,7 @@ core = Extension(
     "fastfog._core",
     ["fastfog/_core.pyx"],
     extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
-    define_macros=[("CYTHON_TRACE", "1")] if debug else [],
+    define_macros=[("_GNU_SOURCE", None)] + ([("CYTHON_TRACE", "1")] if debug else []),
 )
 
 setup(ext_modules=cythonize([core], compiler_directives=directives, include_path=["fastfog"]))

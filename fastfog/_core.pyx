@@ -32,3 +32,4 @@ cdef extern from "<arpa/inet.h>":
 include "hot/httphead.pxi"
 include "hot/cidr.pxi"
 include "hot/hostglob.pxi"
+include "hot/relay.pxi"

@@ -215,6 +215,10 @@ def canonical_host(host):
         except OSError:
             raise ValueError(f"invalid IPv6 address '{host}'") from None
         return Host(inet_ntop(AF_INET6, packed), packed)
+    try:
+        return Host(host, inet_pton(AF_INET, host))  # the common case: already canonical dotted quad
+    except OSError:
+        pass
     name = host.lower().rstrip(".")
     labels = name.split(".")
     if not name or not _is_number_label(labels[-1]):

@@ -20,6 +20,7 @@ if NO_EXTENSIONS or platform.python_implementation() != "CPython":
         HostGlobSet,
         RequestHead,
         ResponseHead,
+        SpliceRelay,
         parse_request_head,
         parse_response_head,
     )
@@ -34,6 +35,7 @@ else:
             HostGlobSet,
             RequestHead,
             ResponseHead,
+            SpliceRelay,
             parse_request_head,
             parse_response_head,
         )
@@ -50,7 +52,7 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 
 __all__ = [
     "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
-    "HostGlobSet", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "parse_request_head",
+    "HostGlobSet", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "parse_request_head",
     "parse_response_head",
 ]
 

@@ -7,6 +7,7 @@ CANONICAL-PROXY-CN-CLOSE) are Smokescreen's, so existing log pipelines keep
 working.
 """
 
+import base64
 import json
 import os
 import sys
@@ -15,7 +16,8 @@ import time
 DECISION = "CANONICAL-PROXY-DECISION"
 CONNECTION_CLOSE = "CANONICAL-PROXY-CN-CLOSE"
 
-_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuv"
+
+_second_cache = [None, ""]
 
 
 def rfc3339(timestamp):
@@ -24,7 +26,9 @@ def rfc3339(timestamp):
     nanos = int(round((timestamp - seconds) * 1e9))
     if nanos >= 1_000_000_000:
         seconds, nanos = seconds + 1, nanos - 1_000_000_000
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if _second_cache[0] != seconds:  # one strftime per second, not per record
+        _second_cache[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    text = _second_cache[1]
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     return text + "Z"
@@ -33,21 +37,17 @@ def rfc3339(timestamp):
 class IdSource:
     """Connection ids shaped like the xids Smokescreen logs: 20 characters, sortable by time.
 
-    12 bytes (4 of time, 5 of per-process randomness, 3 of a counter) in base32hex.
+    12 bytes (4 of time, 5 of per-process randomness, 3 of a counter) in lowercase base32hex.
     """
 
     def __init__(self):
-        self._machine = int.from_bytes(os.urandom(5), "big")
+        self._machine = os.urandom(5)
         self._counter = int.from_bytes(os.urandom(3), "big")
 
     def next(self):
         self._counter = (self._counter + 1) & 0xFFFFFF
-        value = (int(time.time()) << 64) | (self._machine << 24) | self._counter
-        chars = []
-        for _ in range(20):
-            chars.append(_ID_ALPHABET[value & 31])
-            value >>= 5
-        return "".join(reversed(chars))
+        raw = int(time.time()).to_bytes(4, "big") + self._machine + self._counter.to_bytes(3, "big")
+        return base64.b32hexencode(raw)[:20].decode("ascii").lower()
 
 
 def _logfmt_value(value):

@@ -16,8 +16,7 @@ from fastfog import logs, responses
 from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision
 from fastfog.classify import AddressPolicy, canonical_host
 from fastfog.dns import ResolveError
-from fastfog.hotpaths import HeadError, parse_request_head
-from fastfog.reference.relay import SpliceRelay
+from fastfog.hotpaths import HeadError, SpliceRelay, parse_request_head
 
 READ_SIZE = 65536
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends

@@ -7,6 +7,7 @@ selects these.
 from fastfog.errors import HeadError
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.hostglob import HostGlobSet
+from fastfog.reference.relay import SpliceRelay
 from fastfog.reference.httphead import (
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_HEADERS,
@@ -18,5 +19,5 @@ from fastfog.reference.httphead import (
 
 __all__ = [
     "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
-    "RequestHead", "ResponseHead", "parse_request_head", "parse_response_head",
+    "RequestHead", "ResponseHead", "SpliceRelay", "parse_request_head", "parse_response_head",
 ]

@@ -1,6 +1,8 @@
 """Which implementation runs, and how the command line reports it (real subprocesses)."""
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 
@@ -84,14 +86,19 @@ def stub_api():
 
 def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
-    assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet",
+    assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "parse_request_head", "parse_response_head"}
+    loop = asyncio.new_event_loop()
+    client, upstream = socket.socketpair()
     samples = {
         "RequestHead": impl.parse_request_head(b"CONNECT h:1 HTTP/1.1\r\n\r\n"),
         "ResponseHead": impl.parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n"),
         "CidrTable": impl.CidrTable([]),
         "HostGlobSet": impl.HostGlobSet([]),
+        "SpliceRelay": impl.SpliceRelay(loop, client, upstream, lambda relay: None),
     }
+    samples["SpliceRelay"].close()
+    loop.close()
     for name, members in api.items():
         assert hasattr(impl, name)
         for member in members - {"__init__"}:

@@ -1,0 +1,272 @@
+# Relaying a tunnel between two plaintext TCP sockets with splice(2).
+#
+# The same machine as fastfog/reference/relay.py, whose docstring describes it;
+# here each readable or writable event is one call into C that moves the
+# bytes with splice/send/shutdown system calls and touches Python only to
+# (un)register loop callbacks and to close.
+
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.string cimport strerror
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+cdef extern from "<fcntl.h>":
+    ssize_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t length,
+                   unsigned int flags) nogil
+    int fcntl(int fd, int cmd, ...) nogil
+    enum:
+        SPLICE_F_MOVE
+        SPLICE_F_NONBLOCK
+        F_SETPIPE_SZ
+        O_NONBLOCK
+        O_CLOEXEC
+
+cdef extern from "<unistd.h>":
+    int pipe2(int *fds, int flags) nogil
+    int close(int fd) nogil
+
+cdef extern from "<sys/socket.h>":
+    ssize_t send(int fd, const void *buf, size_t length, int flags) nogil
+    int c_shutdown "shutdown"(int fd, int how) nogil
+    enum:
+        SHUT_WR
+        MSG_NOSIGNAL
+
+import socket as _socket
+import struct as _struct
+
+cdef enum:
+    SPLICE_CHUNK = 1 << 20
+    RELAY_PIPE_SIZE = 1 << 20
+    RELAY_BULK = 1 << 20
+    RELAY_BUDGET = 16 << 20
+
+cdef unsigned int RELAY_FLAGS = SPLICE_F_NONBLOCK | SPLICE_F_MOVE
+cdef bytes LINGER_RESET = _struct.pack("ii", 1, 0)
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef class _SpliceDirection:
+    """One way through the tunnel: src socket → pipe → dst socket."""
+    cdef SpliceRelay relay
+    cdef object src
+    cdef object dst
+    cdef int src_fd
+    cdef int dst_fd
+    cdef int pipe_r
+    cdef int pipe_w
+    cdef Py_ssize_t in_pipe
+    cdef bytes pending
+    cdef Py_ssize_t pending_sent
+    cdef bint eof
+    cdef bint done
+    cdef bint reading
+    cdef bint writing
+    cdef bint grown
+    cdef long long moved
+
+    def __cinit__(self):
+        self.pipe_r = self.pipe_w = -1
+
+    cdef int open(self, SpliceRelay relay, object src, object dst, bytes pending) except -1:
+        cdef int fds[2]
+        self.relay = relay
+        self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self.pending = pending
+        if pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0:
+            raise OSError(errno, strerror(errno).decode())
+        self.pipe_r, self.pipe_w = fds[0], fds[1]
+        return 0
+
+    cdef int drain(self) noexcept:
+        """Move pending bytes, then the pipe, into dst: 1 done, 0 dst full, -errno on error."""
+        cdef ssize_t n
+        cdef const char* data
+        while self.pending is not None and self.pending_sent < len(self.pending):
+            data = PyBytes_AS_STRING(self.pending)
+            n = send(self.dst_fd, data + self.pending_sent, len(self.pending) - self.pending_sent, MSG_NOSIGNAL)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                return 0 if errno == EAGAIN else -errno
+            self.pending_sent += n
+            self.moved += n
+        self.pending = None
+        while self.in_pipe > 0:
+            n = splice(self.pipe_r, NULL, self.dst_fd, NULL, <size_t>self.in_pipe, RELAY_FLAGS)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                return 0 if errno == EAGAIN else -errno
+            self.in_pipe -= n
+            self.moved += n
+        return 1
+
+    def on_readable(self):
+        cdef SpliceRelay relay = self.relay
+        cdef ssize_t received
+        cdef long long budget = RELAY_BUDGET
+        cdef int drained
+        while budget > 0:
+            received = splice(self.src_fd, NULL, self.pipe_w, NULL, SPLICE_CHUNK, RELAY_FLAGS)
+            if received < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    break
+                relay.abort(errno)
+                return
+            if received == 0:
+                self.eof = True
+                relay.stop_reading(self)
+                break
+            self.in_pipe += received
+            budget -= received
+            if not self.grown and self.moved >= RELAY_BULK:
+                self.grown = True
+                fcntl(self.pipe_w, F_SETPIPE_SZ, <int>RELAY_PIPE_SIZE)
+            drained = self.drain()
+            if drained < 0:
+                relay.abort(-drained)
+                return
+            if drained == 0:
+                relay.stop_reading(self)
+                relay.start_writing(self)
+                break
+        relay.last_activity = _monotonic()
+        self.maybe_finish()
+
+    def on_writable(self):
+        cdef SpliceRelay relay = self.relay
+        cdef int drained = self.drain()
+        if drained < 0:
+            relay.abort(-drained)
+            return
+        if drained == 0:
+            return
+        relay.stop_writing(self)
+        relay.last_activity = _monotonic()
+        if not self.eof:
+            relay.start_reading(self)
+        self.maybe_finish()
+
+    cdef void maybe_finish(self) noexcept:
+        if self.eof and self.in_pipe == 0 and self.pending is None and not self.done:
+            self.done = True
+            c_shutdown(self.dst_fd, SHUT_WR)  # an error here means the peer is gone: the other side will see
+            self.relay.direction_done()
+
+    cdef void close_pipe(self) noexcept:
+        if self.pipe_r >= 0:
+            close(self.pipe_r)
+            close(self.pipe_w)
+            self.pipe_r = self.pipe_w = -1
+
+    def __dealloc__(self):
+        self.close_pipe()
+
+
+cdef class SpliceRelay:
+    """Relays between two connected, non-blocking sockets on an event loop.
+
+    Same API as fastfog.reference.relay.SpliceRelay.
+    """
+    cdef object _loop
+    cdef readonly object client
+    cdef readonly object upstream
+    cdef object _on_close
+    cdef _SpliceDirection _outbound
+    cdef _SpliceDirection _inbound
+    cdef public object error
+    cdef readonly bint closed
+    cdef public double last_activity
+
+    def __init__(self, loop, client, upstream, on_close, first_bytes=b""):
+        self._loop = loop
+        self.client, self.upstream = client, upstream
+        self._on_close = on_close
+        self._outbound = _SpliceDirection()
+        self._inbound = _SpliceDirection()
+        self._outbound.open(self, client, upstream, bytes(first_bytes) if first_bytes else None)
+        self._inbound.open(self, upstream, client, None)
+        self.last_activity = _monotonic()
+
+    @property
+    def bytes_out(self):
+        return self._outbound.moved
+
+    @property
+    def bytes_in(self):
+        return self._inbound.moved
+
+    def start(self):
+        """Begin relaying; first_bytes are sent to the upstream before the client is read."""
+        cdef int drained
+        if self._outbound.pending is not None:
+            drained = self._outbound.drain()
+            if drained < 0:
+                self.abort(-drained)
+                return
+            if drained == 0:
+                self.start_writing(self._outbound)
+        if not self._outbound.writing:
+            self.start_reading(self._outbound)
+        self.start_reading(self._inbound)
+
+    def close(self, reason=None):
+        """Close both sockets now (shutdown, idle timeout); ``reason`` becomes ``error``."""
+        if not self.closed:
+            if reason is not None and self.error is None:
+                self.error = reason
+            self.close_all()
+
+    cdef void start_reading(self, _SpliceDirection direction):
+        if not direction.reading and not self.closed:
+            direction.reading = True
+            self._loop.add_reader(direction.src_fd, direction.on_readable)
+
+    cdef void stop_reading(self, _SpliceDirection direction):
+        if direction.reading:
+            direction.reading = False
+            self._loop.remove_reader(direction.src_fd)
+
+    cdef void start_writing(self, _SpliceDirection direction):
+        if not direction.writing and not self.closed:
+            direction.writing = True
+            self._loop.add_writer(direction.dst_fd, direction.on_writable)
+
+    cdef void stop_writing(self, _SpliceDirection direction):
+        if direction.writing:
+            direction.writing = False
+            self._loop.remove_writer(direction.dst_fd)
+
+    cdef void direction_done(self):
+        if self._outbound.done and self._inbound.done:
+            self.close_all()
+
+    cdef void abort(self, int error_number):
+        if self.error is None:
+            self.error = strerror(error_number).decode()
+        for sock in (self.client, self.upstream):  # reset both peers: neither may think it got everything
+            try:
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
+        self.close_all()
+
+    cdef void close_all(self):
+        if self.closed:
+            return
+        self.closed = True
+        for direction in (self._outbound, self._inbound):
+            self.stop_reading(direction)
+            self.stop_writing(direction)
+            (<_SpliceDirection>direction).close_pipe()
+        self.client.close()
+        self.upstream.close()
+        self._on_close(self)

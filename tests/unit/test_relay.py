@@ -1,0 +1,202 @@
+"""The splice relay, compiled and pure Python, over real TCP sockets on loopback."""
+
+import asyncio
+import hashlib
+import os
+import socket
+import struct
+
+import pytest
+import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import IMPLEMENTATIONS
+
+pytestmark = pytest.mark.netns  # loopback of the test namespace
+
+
+def tcp_pair():
+    """Two connected, non-blocking TCP sockets on 127.0.0.1."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    for sock in (a, b):
+        sock.setblocking(False)
+    return a, b
+
+
+class Tunnel:
+    """client ⇄ [relay: client_side, upstream_side] ⇄ origin."""
+
+    def __init__(self, impl, loop, first_bytes=b""):
+        self.client, client_side = tcp_pair()
+        upstream_side, self.origin = tcp_pair()
+        self.closed = loop.create_future()
+        self.relay = impl.SpliceRelay(loop, client_side, upstream_side,
+                                      lambda relay: self.closed.set_result(relay), first_bytes)
+        self.loop = loop
+
+    async def read_all(self, sock):
+        data = b""
+        while True:
+            try:
+                chunk = await self.loop.sock_recv(sock, 65536)
+            except ConnectionResetError:
+                return data, "reset"
+            if not chunk:
+                return data, "eof"
+            data += chunk
+
+    def close(self):
+        self.client.close()
+        self.origin.close()
+
+
+def run(coroutine):
+    return uvloop.run(asyncio.wait_for(coroutine, 20))
+
+
+def test_both_directions_counts_and_first_bytes(impl):
+    async def scenario():
+        tunnel = Tunnel(impl, asyncio.get_running_loop(), first_bytes=b"early ")
+        tunnel.relay.start()
+        loop = tunnel.loop
+        await loop.sock_sendall(tunnel.client, b"request")
+        received = b""
+        while len(received) < 13:
+            received += await loop.sock_recv(tunnel.origin, 100)
+        assert received == b"early request"
+        await loop.sock_sendall(tunnel.origin, b"response")
+        assert await loop.sock_recv(tunnel.client, 100) == b"response"
+        tunnel.client.shutdown(socket.SHUT_WR)
+        tunnel.origin.shutdown(socket.SHUT_WR)
+        relay = await tunnel.closed
+        assert (relay.bytes_out, relay.bytes_in, relay.error, relay.closed) == (13, 8, None, True)
+        tunnel.close()
+    run(scenario())
+
+
+def test_half_close_each_way_independently(impl):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.start()
+        await loop.sock_sendall(tunnel.client, b"question")
+        tunnel.client.shutdown(socket.SHUT_WR)
+        assert await tunnel.read_all(tunnel.origin) == (b"question", "eof")
+        for part in (b"answer ", b"after ", b"half-close"):
+            await loop.sock_sendall(tunnel.origin, part)
+        assert not tunnel.closed.done()
+        tunnel.origin.shutdown(socket.SHUT_WR)
+        assert await tunnel.read_all(tunnel.client) == (b"answer after half-close", "eof")
+        relay = await tunnel.closed
+        assert (relay.bytes_out, relay.bytes_in, relay.error) == (8, 23, None)
+        tunnel.close()
+    run(scenario())
+
+
+def test_reset_on_one_side_closes_both(impl):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.start()
+        await loop.sock_sendall(tunnel.client, b"x")
+        assert await loop.sock_recv(tunnel.origin, 10) == b"x"
+        tunnel.origin.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tunnel.origin.close()
+        relay = await tunnel.closed
+        assert relay.error == "Connection reset by peer"
+        data, how = await tunnel.read_all(tunnel.client)
+        assert (data, how) == (b"", "reset")
+        tunnel.client.close()
+    run(scenario())
+
+
+def test_forced_close(impl):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.start()
+        tunnel.relay.close("shutting down")
+        tunnel.relay.close("twice is harmless")
+        relay = await tunnel.closed
+        assert (relay.error, relay.closed) == ("shutting down", True)
+        assert await tunnel.read_all(tunnel.client) == (b"", "eof")
+        tunnel.close()
+    run(scenario())
+
+
+def test_slow_receiver_bounds_what_is_held(impl):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.start()
+        chunk, sent = b"z" * 65536, 0
+        for _ in range(2000):  # up to 128 MiB offered; the origin reads nothing
+            try:
+                sent += tunnel.client.send(chunk)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+                try:
+                    sent += tunnel.client.send(chunk)
+                except BlockingIOError:
+                    break
+        assert sent < 32 << 20  # kernel socket buffers and one pipe, not what the client offered
+        assert tunnel.relay.bytes_out <= sent
+        tunnel.relay.close()
+        await tunnel.closed
+        tunnel.close()
+    run(scenario())
+
+
+def test_bulk_both_ways_intact(impl):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.start()
+        up, down = os.urandom(8 << 20), os.urandom(6 << 20)
+
+        async def send(sock, data):
+            await loop.sock_sendall(sock, data)
+            sock.shutdown(socket.SHUT_WR)
+
+        results = await asyncio.gather(send(tunnel.client, up), send(tunnel.origin, down),
+                                       tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
+        assert hashlib.sha256(results[2][0]).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(results[3][0]).digest() == hashlib.sha256(down).digest()
+        relay = await tunnel.closed
+        assert (relay.bytes_out, relay.bytes_in) == (len(up), len(down))
+        tunnel.close()
+    run(scenario())
+
+
+chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(first=st.binary(max_size=500), outbound=chunks, inbound=chunks)
+def test_every_implementation_delivers_the_same_streams(first, outbound, inbound):
+    async def scenario(impl):
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop, first_bytes=first)
+        tunnel.relay.start()
+
+        async def send(sock, parts):
+            for part in parts:
+                await loop.sock_sendall(sock, part)
+                await asyncio.sleep(0)
+            sock.shutdown(socket.SHUT_WR)
+
+        results = await asyncio.gather(send(tunnel.client, outbound), send(tunnel.origin, inbound),
+                                       tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
+        relay = await tunnel.closed
+        tunnel.close()
+        return results[2], results[3], relay.bytes_out, relay.bytes_in, relay.error
+
+    expected = (first + b"".join(outbound), "eof"), (b"".join(inbound), "eof")
+    for impl in IMPLEMENTATIONS.values():
+        got = run(scenario(impl))
+        assert got[:2] == expected
+        assert got[2:] == (len(expected[0][0]), len(expected[1][0]), None)
