@@ -4,7 +4,8 @@ The proxy owns raw, non-blocking sockets from accept on, so a CONNECT tunnel
 between two plaintext sockets can be relayed with splice(2). The decision
 steps are the pure functions of ``hotpaths``, ``acl`` and ``classify``; this
 module strings them together with the I/O: read the head, decide, resolve,
-classify, dial exactly the address that was checked, answer, relay, log.
+classify, dial exactly the address that was checked, answer, then relay a
+tunnel or forward a request.
 """
 
 import asyncio
@@ -12,13 +13,14 @@ import os
 import socket
 import time
 
-from fastfog import logs, responses
+from fastfog import forward, logs, responses
 from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision
 from fastfog.classify import AddressPolicy, canonical_host
 from fastfog.dns import ResolveError
-from fastfog.hotpaths import HeadError, SpliceRelay, parse_request_head
+from fastfog.hotpaths import HeadError, SpliceRelay, parse_request_head, parse_response_head
 
 READ_SIZE = 65536
+MAX_HEAD_SIZE = 65536
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
 TRACE_HEADER = b"x-smokescreen-trace-id"
@@ -27,6 +29,10 @@ UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
 
 class ConnectTimeout(Exception):
     """The deadline passed while dialing."""
+
+
+class UpstreamBroken(Exception):
+    """The upstream sent something that is not HTTP, or went away mid-response."""
 
 
 class _Deadline:
@@ -64,6 +70,10 @@ def header_value(headers, lowercase_name):
     return None
 
 
+def body_length(answer):
+    return len(answer) - answer.index(b"\r\n\r\n") - 4
+
+
 class Tunnel:
     """An open CONNECT tunnel: its relay and what its close record reports."""
 
@@ -78,6 +88,16 @@ class Tunnel:
         self.role = role
         self.host = host
         self.address = address
+
+
+class Upstream:
+    """A dialed upstream connection and what the decision record says about it."""
+
+    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address")
+
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address):
+        self.sock, self.decision, self.address = sock, decision, address
+        self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
 
 
 class Proxy:
@@ -119,15 +139,19 @@ class Proxy:
                 if head.form == "authority":
                     tunnel_started = await self._connect(sock, address, head, bytes(buffer))
                     return
-                if not await self._answer_locally(sock, head):
+                if head.form == "absolute":
+                    keep_alive = await self._forward(sock, address, head, buffer)
+                else:
+                    keep_alive = await self._answer_locally(sock, head)
+                if not keep_alive:
                     return
         except HeadError as err:
-            await self._send_quietly(sock, responses.bad_request(str(err)))
+            await self._send_final(sock, responses.bad_request(str(err)))
             self.log.warning("bad request", {"inbound_remote_addr": peer_text(address), "error": str(err)})
         except TimeoutError:
             self.log.info("client did not finish its request in time",
                           {"inbound_remote_addr": peer_text(address)})
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, UpstreamBroken):
             pass
         finally:
             if not tunnel_started:
@@ -135,27 +159,9 @@ class Proxy:
 
     async def _read_head(self, sock, buffer):
         """The next request head; None when the client closed cleanly between requests."""
-        config = self.config
-        deadline = _Deadline(self._loop, config.read_header_timeout)
+        deadline = _Deadline(self._loop, self.config.read_header_timeout)
         try:
-            while True:
-                if buffer:
-                    head = parse_request_head(buffer)
-                    if head is not None:
-                        return head
-                data = await self._loop.sock_recv(sock, READ_SIZE)
-                if not data:
-                    if buffer.strip():
-                        raise HeadError("connection closed in the middle of a request head")
-                    return None
-                buffer += data
-                # Heads are re-parsed only when a line has ended: a client trickling bytes
-                # costs one parse per line, never one per byte.
-                while b"\n" not in data and len(buffer) < 65536:
-                    data = await self._loop.sock_recv(sock, READ_SIZE)
-                    if not data:
-                        raise HeadError("connection closed in the middle of a request head")
-                    buffer += data
+            return await self._read_some_head(sock, sock, buffer, parse_request_head)
         except asyncio.CancelledError:
             deadline.clear(cancelled=True)
             if deadline.expired:
@@ -164,26 +170,42 @@ class Proxy:
         finally:
             deadline.clear()
 
+    async def _read_some_head(self, client, sock, buffer, parse):
+        """Read ``sock`` into ``buffer`` until ``parse`` finds a head; None on a clean close first."""
+        while True:
+            if buffer:
+                head = parse(buffer)
+                if head is not None:
+                    return head
+            data = await self._loop.sock_recv(sock, READ_SIZE)
+            if not data:
+                if buffer.strip():
+                    raise HeadError("connection closed in the middle of a head")
+                return None
+            buffer += data
+            # Heads are re-parsed only when a line has ended: a peer trickling bytes costs
+            # one parse per line, never one per byte.
+            while b"\n" not in data and len(buffer) < MAX_HEAD_SIZE:
+                data = await self._loop.sock_recv(sock, READ_SIZE)
+                if not data:
+                    raise HeadError("connection closed in the middle of a head")
+                buffer += data
+
     async def _answer_locally(self, sock, head):
         """Requests for the proxy itself. True when the connection may carry another request."""
         version = head.version if head.version == "1.0" else "1.1"
         if head.form == "origin" and head.method == "GET" and head.path == "/healthcheck":
             await self._loop.sock_sendall(sock, responses.healthcheck(version, self.serving))
             return head.keep_alive and self.serving and not head.content_length and not head.chunked
-        if head.form == "absolute":
-            await self._send_quietly(sock, responses.rejection(
-                version, 501, "Not Implemented",
-                "Plain-HTTP forwarding is not supported by this version of fastfog; use CONNECT", close=True))
-            return False
-        await self._send_quietly(sock, responses.not_a_proxy_request(version))
+        await self._send_final(sock, responses.not_a_proxy_request(version))
         return False
 
-    async def _send_quietly(self, sock, data):
-        """Send a final answer, then close without losing it.
+    async def _send_final(self, sock, data):
+        """Send a last answer, then let the caller close without losing it.
 
         Closing a socket with unread bytes makes the kernel send a reset, which can destroy
         the answer before the client reads it. So: shut down writing, discard what the client
-        still sends for a moment, then close (the caller closes).
+        still sends for a moment, then close.
         """
         try:
             await self._loop.sock_sendall(sock, data)
@@ -205,7 +227,17 @@ class Proxy:
         except OSError:
             pass
 
-    # --- CONNECT -------------------------------------------------------------------------
+    # --- the decision path, shared by CONNECT and forwarding --------------------------------
+
+    def _request_fields(self, address, proxy_type, head):
+        return {
+            "id": self.ids.next(),
+            "inbound_remote_addr": peer_text(address),
+            "proxy_type": proxy_type,
+            "requested_host": head.authority,
+            "start_time": logs.rfc3339(time.time()),
+            "trace_id": header_value(head.headers, TRACE_HEADER) or "",
+        }
 
     def _role(self):
         """The client's role. Without TLS client certificates no role can be known yet."""
@@ -221,82 +253,66 @@ class Proxy:
             return role_error
         return acl.decide(role, host.name, port, header_value(headers, UPSTREAM_PROXY_HEADER))
 
-    async def _connect(self, sock, address, head, first_bytes):
-        """A CONNECT request: decide, resolve, dial, answer, relay. True once relaying."""
-        started = time.time()
-        config = self.config
-        fields = {
-            "id": self.ids.next(),
-            "inbound_remote_addr": peer_text(address),
-            "proxy_type": "connect",
-            "requested_host": head.authority,
-            "start_time": logs.rfc3339(started),
-            "trace_id": header_value(head.headers, TRACE_HEADER) or "",
-        }
+    async def _open_upstream(self, sock, head, fields, connect):
+        """Decide, resolve, classify and dial: an Upstream, or None once the client is answered.
+
+        ``connect``: a CONNECT request (deny answers close the connection); otherwise a forwarded
+        request, whose connection stays usable after a deny unless its body is still unread.
+        """
         version = head.version if head.version == "1.0" else "1.1"
+        close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
         try:
             host = canonical_host(head.host)
         except ValueError as err:
-            await self._send_quietly(sock, responses.bad_request(str(err)))
+            await self._send_final(sock, responses.bad_request(str(err)))
             self.log.warning("bad request", {**fields, "error": str(err)})
-            return False
-
+            return None
         role, role_error = self._role()
         decision = self._decide(role, role_error, host, head.port, head.headers)
         fields["role"] = role
         fields["project"] = decision.project
         if not decision.allow:
-            return await self._reject(sock, version, fields, decision, head.authority)
+            await self._reject(sock, version, fields, decision, head.authority, 0, connect, close)
+            return None
         if header_value(head.headers, UPSTREAM_PROXY_HEADER):
             message = "X-Upstream-Https-Proxy is not supported by this version of fastfog"
-            return await self._fail(sock, version, fields, decision, 0, 502, message)
+            await self._fail(sock, version, fields, decision, 0, 502, message, close)
+            return None
 
         lookup_started = time.monotonic()
         try:
-            if host.address is not None:
-                addresses = (host.name,)
-            else:
-                addresses = await self.resolver.resolve(host.name)
+            addresses = (host.name,) if host.address is not None else await self.resolver.resolve(host.name)
         except ResolveError as err:
             lookup_ms = int((time.monotonic() - lookup_started) * 1000)
             status = 504 if err.timeout else 502
             message = (f"Timed out connecting to remote host: {err}" if err.timeout
                        else f"Failed to resolve remote hostname: {err}")
-            return await self._fail(sock, version, fields, decision, lookup_ms, status, message)
+            await self._fail(sock, version, fields, decision, lookup_ms, status, message, close)
+            return None
         lookup_ms = int((time.monotonic() - lookup_started) * 1000)
 
         pick = self.policy.pick(addresses, head.port)
         if not pick.allowed:
             denied = Decision(False, pick.deny_reason, "deny", decision.project, decision.default_rule, True,
                               decision.rule, pick.address_class.code)
-            return await self._reject(sock, version, fields, denied, head.authority, lookup_ms)
+            await self._reject(sock, version, fields, denied, head.authority, lookup_ms, connect, close)
+            return None
 
+        target = peer_text((pick.address, head.port))
         try:
             upstream, connect_ms = await self._dial(pick.address, head.port)
         except ConnectTimeout:
-            message = f"Timed out connecting to remote host: dial tcp {peer_text((pick.address, head.port))}: i/o timeout"
-            return await self._fail(sock, version, fields, decision, lookup_ms, 504, message)
+            message = f"Timed out connecting to remote host: dial tcp {target}: i/o timeout"
+            await self._fail(sock, version, fields, decision, lookup_ms, 504, message, close)
+            return None
         except OSError as err:
             cause = os.strerror(err.errno).lower() if err.errno else str(err)
-            message = f"Failed to connect to remote host: dial tcp {peer_text((pick.address, head.port))}: connect: {cause}"
-            return await self._fail(sock, version, fields, decision, lookup_ms, 502, message)
-
-        try:
-            await self._loop.sock_sendall(sock, responses.CONNECT_ESTABLISHED)
-        except OSError:
-            upstream.close()
-            return False
-        fields.update(self._decision_fields(decision, lookup_ms))
+            message = f"Failed to connect to remote host: dial tcp {target}: connect: {cause}"
+            await self._fail(sock, version, fields, decision, lookup_ms, 502, message, close)
+            return None
         fields["outbound_local_addr"] = peer_text(upstream.getsockname())
         fields["outbound_remote_addr"] = peer_text(upstream.getpeername())
-        self.log.info(logs.DECISION, {**fields, "conn_establish_time_ms": connect_ms})
-
-        tunnel = Tunnel(fields, started, role, host.name, pick.address)
-        tunnel.relay = SpliceRelay(self._loop, sock, upstream, lambda relay: self._tunnel_closed(tunnel),
-                                   first_bytes)
-        self.tunnels.add(tunnel)
-        tunnel.relay.start()
-        return True
+        return Upstream(upstream, decision, lookup_ms, connect_ms, pick.address)
 
     async def _dial(self, ip, port):
         """Connect to exactly ``ip`` (the address that was classified), within connect_timeout."""
@@ -329,25 +345,52 @@ class Proxy:
             "dns_lookup_time_ms": lookup_ms,
         }
 
-    async def _reject(self, sock, version, fields, decision, requested_host, lookup_ms=0):
-        """407 with Smokescreen's deny text; the connection is closed after it."""
-        body = responses.deny(version, requested_host, decision.reason, self.config.deny_message_extra,
-                              decision.code, close=True)
-        record = {**fields, **self._decision_fields(decision, lookup_ms), "status_code": 407,
-                  "content_length": len(body) - body.index(b"\r\n\r\n") - 4}
-        self.log.warning(logs.DECISION, record)
-        await self._send_quietly(sock, body)
-        return False
+    async def _answer(self, sock, answer, close):
+        if close:
+            await self._send_final(sock, answer)
+        else:
+            await self._loop.sock_sendall(sock, answer)
 
-    async def _fail(self, sock, version, fields, decision, lookup_ms, status, message):
+    async def _reject(self, sock, version, fields, decision, requested_host, lookup_ms, connect, close):
+        """407 with Smokescreen's deny text."""
+        phrase = "Request rejected by proxy" if connect else "Proxy Authentication Required"
+        answer = responses.deny(version, requested_host, decision.reason, self.config.deny_message_extra,
+                                decision.code, close=close, phrase=phrase)
+        self.log.warning(logs.DECISION, {**fields, **self._decision_fields(decision, lookup_ms),
+                                         "status_code": 407, "content_length": body_length(answer)})
+        await self._answer(sock, answer, close)
+
+    async def _fail(self, sock, version, fields, decision, lookup_ms, status, message, close):
         """A 502 or 504 after an allowed decision: logged as an error with the decision fields."""
         builder = responses.gateway_timeout if status == 504 else responses.bad_gateway
-        body = builder(version, message, self.config.deny_message_extra, close=True)
-        record = {**fields, **self._decision_fields(decision, lookup_ms), "status_code": status,
-                  "error": message, "content_length": len(body) - body.index(b"\r\n\r\n") - 4}
-        self.log.error(logs.DECISION, record)
-        await self._send_quietly(sock, body)
-        return False
+        answer = builder(version, message, self.config.deny_message_extra, close=close)
+        self.log.error(logs.DECISION, {**fields, **self._decision_fields(decision, lookup_ms),
+                                       "status_code": status, "error": message,
+                                       "content_length": body_length(answer)})
+        await self._answer(sock, answer, close)
+
+    # --- CONNECT -------------------------------------------------------------------------
+
+    async def _connect(self, sock, address, head, first_bytes):
+        """A CONNECT request: answer 200 and relay once the upstream is open. True once relaying."""
+        started = time.time()
+        fields = self._request_fields(address, "connect", head)
+        upstream = await self._open_upstream(sock, head, fields, connect=True)
+        if upstream is None:
+            return False
+        try:
+            await self._loop.sock_sendall(sock, responses.CONNECT_ESTABLISHED)
+        except OSError:
+            upstream.sock.close()
+            return False
+        self.log.info(logs.DECISION, {**fields, **self._decision_fields(upstream.decision, upstream.lookup_ms),
+                                      "conn_establish_time_ms": upstream.connect_ms})
+        tunnel = Tunnel(fields, started, fields["role"], head.host, upstream.address)
+        tunnel.relay = SpliceRelay(self._loop, sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
+                                   first_bytes)
+        self.tunnels.add(tunnel)
+        tunnel.relay.start()
+        return True
 
     def _tunnel_closed(self, tunnel):
         self.tunnels.discard(tunnel)
@@ -374,3 +417,90 @@ class Proxy:
             tunnel.active_at_termination = True
             tunnel.relay.close(reason)
 
+    # --- plain-HTTP forwarding -----------------------------------------------------------
+
+    async def _forward(self, sock, address, head, buffer):
+        """One absolute-form request: decide, send it upstream, stream the response back.
+
+        True when the client connection may carry another request.
+        """
+        fields = self._request_fields(address, "http", head)
+        if head.scheme != "http":
+            await self._send_final(sock, responses.rejection(
+                head.version, 501, "Not Implemented",
+                f"Forwarding {head.scheme} URLs is not supported; use CONNECT", close=True))
+            return False
+        upstream = await self._open_upstream(sock, head, fields, connect=False)
+        if upstream is None:
+            return head.keep_alive and not head.content_length and not head.chunked
+        with upstream.sock:
+            try:
+                await self._loop.sock_sendall(upstream.sock, forward.upstream_request(head))
+                await self._relay_body(sock, upstream.sock, buffer, forward.request_body(head),
+                                       ConnectionError("client closed in the middle of its request body"))
+            except OSError as err:  # the upstream went away while taking the request
+                await self._fail(sock, head.version, fields, upstream.decision, upstream.lookup_ms, 502,
+                                 f"Failed to send request to remote host: {err.strerror or err}", close=True)
+                return False
+            try:
+                response, keep_alive = await self._relay_response(sock, upstream.sock, head)
+            except UpstreamBroken as err:
+                await self._fail(sock, head.version, fields, upstream.decision, upstream.lookup_ms, 502,
+                                 f"Failed to read response from remote host: {err}", close=True)
+                return False
+        self.log.info(logs.DECISION, {
+            **fields, **self._decision_fields(upstream.decision, upstream.lookup_ms),
+            "conn_establish_time_ms": upstream.connect_ms, "status_code": response.status,
+            "content_length": -1 if response.content_length is None else response.content_length,
+        })
+        return keep_alive
+
+    async def _relay_response(self, sock, upstream, request):
+        """Read the response head (skipping interim 1xx heads), send it, stream its body.
+
+        Returns the response head and whether the client connection stays open.
+        """
+        buffer = bytearray()
+        while True:
+            try:
+                head = await self._read_some_head(sock, upstream, buffer, parse_response_head)
+            except HeadError as err:
+                raise UpstreamBroken(str(err)) from None
+            if head is None:
+                raise UpstreamBroken("connection closed before a response")
+            del buffer[:head.head_end]
+            if head.status >= 200 or head.status == 101:
+                break
+            await self._loop.sock_sendall(sock, forward.client_response(head, False, request.version))
+        if head.status == 101:
+            raise UpstreamBroken("protocol upgrades are not forwarded")
+        body = forward.response_body(head, request.method)
+        # The upstream connection always ends with this response (we asked it to); the client's
+        # may go on, unless the body is delimited by that close or we are shutting down.
+        keep_alive = request.keep_alive and not isinstance(body, forward.UntilClose) and self.serving
+        await self._loop.sock_sendall(sock, forward.client_response(head, not keep_alive, request.version))
+        try:
+            await self._relay_body(upstream, sock, buffer, body,
+                                   UpstreamBroken("connection closed in the middle of a body"))
+        except HeadError as err:
+            raise UpstreamBroken(str(err)) from None
+        return head, keep_alive
+
+    async def _relay_body(self, source, destination, buffer, body, cut_short):
+        """Stream a body's bytes (first from ``buffer``) until its framing says it ended.
+
+        Bytes past the body's end stay in ``buffer``: the start of the next message. A source
+        that closes before the end raises ``cut_short``; bad chunked framing raises HeadError.
+        """
+        while not body.done:
+            if not buffer:
+                data = await self._loop.sock_recv(source, READ_SIZE)
+                if not data:
+                    if isinstance(body, forward.UntilClose):
+                        return
+                    raise cut_short
+                buffer += data
+            taken = body.feed(buffer)
+            if taken:
+                await self._loop.sock_sendall(destination, bytes(buffer[:taken]))
+                del buffer[:taken]

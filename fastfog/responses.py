@@ -43,10 +43,10 @@ def rejection(version, status, reason_phrase, message, extra="", code=None, clos
     return _head(version, status, reason_phrase, headers, body.encode("utf-8"))
 
 
-def deny(version, requested_host, reason, extra="", code=None, close=False):
-    """407 for an ACL or address deny."""
+def deny(version, requested_host, reason, extra="", code=None, close=False, phrase="Request rejected by proxy"):
+    """407 for an ACL or address deny (a forwarded request's says ``Proxy Authentication Required``)."""
     message = DENY_TEMPLATE.format(host=requested_host, reason=reason)
-    return rejection(version, 407, "Request rejected by proxy", message, extra, code, close)
+    return rejection(version, 407, phrase, message, extra, code, close)
 
 
 def bad_gateway(version, message, extra="", close=False):

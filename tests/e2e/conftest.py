@@ -211,3 +211,76 @@ def start_proxy(dns, tmp_path):
     yield start
     for proxy in started:
         proxy.stop()
+
+
+class HttpOrigin:
+    """An HTTP/1.1 origin on h11 (an independent implementation): it records every request it gets
+    and answers by path: ``/hello``, ``/chunked``, ``/close`` (body ends at close), ``/empty`` (204),
+    ``/echo`` (the request body back), ``/smokescreen-error`` (sets X-Smokescreen-Error)."""
+
+    def __init__(self, background, host, port):
+        self.requests = []
+        self.connections = 0
+        self.server = background.run(asyncio.start_server(self._serve, host, port))
+
+    async def _serve(self, reader, writer):
+        import h11
+
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is not h11.SEND_BODY:
+                        break
+                    continue
+                if isinstance(event, h11.Request):
+                    request = {"method": event.method.decode(), "target": event.target.decode(),
+                               "headers": [(n.decode(), v.decode()) for n, v in event.headers], "body": b""}
+                elif isinstance(event, h11.Data):
+                    request["body"] += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    self.requests.append(request)
+                    for outgoing in self._respond(request):
+                        writer.write(conn.send(outgoing) or b"")
+                    await writer.drain()
+                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                        break
+                    conn.start_next_cycle()
+                else:
+                    break
+        except h11.RemoteProtocolError:
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    def _respond(request):
+        import h11
+
+        path = request["target"].split("?")[0]
+        if path == "/chunked":
+            return [h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")]),
+                    h11.Data(data=b"chunk one, "), h11.Data(data=b"chunk two"), h11.EndOfMessage()]
+        if path == "/close":
+            return [h11.Response(status_code=200, headers=[("Connection", "close")]),
+                    h11.Data(data=b"until the end"), h11.EndOfMessage()]
+        if path == "/empty":
+            return [h11.Response(status_code=204, headers=[]), h11.EndOfMessage()]
+        body = request["body"] if path == "/echo" else b"hello from the origin"
+        headers = [("Content-Length", str(len(body))), ("Content-Type", "text/plain")]
+        if path == "/smokescreen-error":
+            headers.append(("X-Smokescreen-Error", "set by the origin"))
+        if request["method"] == "HEAD":
+            return [h11.Response(status_code=200, headers=headers), h11.EndOfMessage()]
+        return [h11.Response(status_code=200, headers=headers), h11.Data(data=body), h11.EndOfMessage()]
+
+
+@pytest.fixture
+def http_origin(background):
+    origin = HttpOrigin(background, netns.ORIGIN, 80)
+    yield origin
+    background.loop.call_soon_threadsafe(origin.server.close)

@@ -1,0 +1,101 @@
+"""Plain-HTTP forwarding: what goes upstream, what comes back, and where each body ends.
+
+A forwarded request goes upstream in origin form, in the client's HTTP version
+(so an HTTP/1.0 client never gets a chunked body back), with ``Host`` taken from the
+requested URL, without hop-by-hop headers (those RFC 9110 names and those the
+``Connection`` header lists), without ``Proxy-*`` headers and without
+Smokescreen's role and trace headers, and with ``Connection: close`` (one
+upstream connection per request). The response comes back without hop-by-hop
+headers and without ``X-Smokescreen-Error``. Bodies keep their framing and
+stream through in pieces, never whole: the framing objects below only say how
+many of the bytes read belong to the message.
+"""
+
+from fastfog.chunked import ChunkedBody
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
+REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id"})
+RESPONSE_ONLY = frozenset({b"x-smokescreen-error"})
+
+
+class LengthBody:
+    """A body of a known length (Content-Length; 0 for none)."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, length):
+        self.remaining = length
+
+    @property
+    def done(self):
+        return self.remaining == 0
+
+    def feed(self, data, start=0):
+        taken = min(self.remaining, len(data) - start)
+        self.remaining -= taken
+        return taken
+
+
+class UntilClose:
+    """A response body delimited by the upstream closing its connection."""
+
+    __slots__ = ()
+    done = False
+
+    def feed(self, data, start=0):
+        return len(data) - start
+
+
+def request_body(head):
+    if head.chunked:
+        return ChunkedBody()
+    return LengthBody(head.content_length or 0)
+
+
+def response_body(head, method):
+    """RFC 9112 section 6.3: which framing the response to ``method`` has."""
+    if method == "HEAD" or head.status in (204, 304) or head.status < 200:
+        return LengthBody(0)
+    if head.chunked:
+        return ChunkedBody()
+    if head.content_length is not None:
+        return LengthBody(head.content_length)
+    return UntilClose()
+
+
+def _connection_tokens(headers):
+    tokens = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip(b" \t").lower() for token in value.split(b","))
+    return tokens
+
+
+def _kept(headers, dropped):
+    named = _connection_tokens(headers)
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in dropped or lower in named:
+            continue
+        yield name, value
+
+
+def upstream_request(head):
+    """The request head to send upstream."""
+    lines = [f"{head.method} {head.path} HTTP/{head.version}".encode("ascii"),
+             b"Host: " + head.authority.encode("ascii")]
+    lines += [name + b": " + value for name, value in _kept(head.headers, REQUEST_ONLY)
+              if not name.lower().startswith(b"proxy-")]
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def client_response(head, close, client_version):
+    """The response head to send the client; ``close`` when the client connection ends after it."""
+    lines = [f"HTTP/1.1 {head.status} {head.reason}".rstrip().encode("latin-1")]  # our own version (RFC 9110 2.5)
+    lines += [name + b": " + value for name, value in _kept(head.headers, RESPONSE_ONLY)]
+    if close:
+        lines.append(b"Connection: close")
+    elif client_version == "1.0":
+        lines.append(b"Connection: keep-alive")
+    return b"\r\n".join(lines) + b"\r\n\r\n"

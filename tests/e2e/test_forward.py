@@ -1,0 +1,182 @@
+"""Plain-HTTP forwarding through a real ``fastfog serve`` process, to an h11 origin."""
+
+import os
+import socket
+
+import pytest
+from client import exchange, read_head, read_until_closed
+
+import netns
+from fastfog.chunked import ChunkedBody
+
+ORIGIN = netns.ORIGIN
+
+
+def request(target, method="GET", headers=b"", body=b"", version="1.1"):
+    return (f"{method} {target} HTTP/{version}\r\nHost: ignored.example\r\n".encode() + headers +
+            (f"Content-Length: {len(body)}\r\n".encode() if body else b"") + b"\r\n" + body)
+
+
+def read_response(sock, method="GET"):
+    """One response: (head, body) read by its framing."""
+    head, rest = read_head(sock)
+    if method == "HEAD" or head.status in (204, 304):
+        return head, b""
+    if head.chunked:
+        body, scanner = rest, ChunkedBody()
+        while True:
+            taken = scanner.feed(body)
+            if scanner.done:
+                return head, body[:taken]
+            body += sock.recv(65536)
+    if head.content_length is not None:
+        while len(rest) < head.content_length:
+            rest += sock.recv(65536)
+        return head, rest
+    return head, read_until_closed(sock, rest)
+
+
+def headers_of(head):
+    return {name.decode().lower(): value.decode() for name, value in head.headers}
+
+
+def test_get_is_forwarded_and_logged(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/hello?x=1", headers=b"X-Smokescreen-Trace-ID: trace-42\r\n"))
+        head, body = read_response(sock)
+    assert (head.status, body) == (200, b"hello from the origin")
+    assert http_origin.requests[0]["target"] == "/hello?x=1"
+    record = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]
+    assert (record["proxy_type"], record["allow"], record["status_code"], record["trace_id"]) == (
+        "http", True, 200, "trace-42")
+    assert (record["requested_host"], record["content_length"]) == (ORIGIN, 21)
+    assert record["outbound_remote_addr"] == f"{ORIGIN}:80" and "conn_establish_time_ms" in record
+
+
+def test_hop_by_hop_proxy_and_smokescreen_headers_are_removed(start_proxy, http_origin):
+    proxy = start_proxy()
+    sent = (b"Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n"
+            b"Connection: keep-alive, X-Hop\r\nX-Hop: only for the proxy\r\nKeep-Alive: timeout=5\r\n"
+            b"TE: trailers\r\nUpgrade: websocket\r\nX-Smokescreen-Role: admin\r\n"
+            b"X-Smokescreen-Trace-ID: t\r\nX-Kept: yes\r\nAccept: */*\r\n")
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://origin.test/hello", headers=sent))
+        head, _ = read_response(sock)
+        assert head.status == 200
+    seen = http_origin.requests[0]["headers"]
+    names = [name.lower() for name, _ in seen]
+    assert names == ["host", "x-kept", "accept", "connection"]
+    assert dict(seen)["host"] == "origin.test" and dict(seen)["connection"] == "close"
+
+
+def test_response_smokescreen_error_header_is_removed(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/smokescreen-error"))
+        head, body = read_response(sock)
+    assert head.status == 200 and "x-smokescreen-error" not in headers_of(head)
+
+
+def test_keep_alive_with_each_request_decided_on_its_own(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/hello"))
+        assert read_response(sock)[0].status == 200
+        sock.sendall(request("http://private.test/hello"))
+        head, body = read_response(sock)
+        assert (head.status, head.reason) == (407, "Proxy Authentication Required")
+        assert body == (b"Egress proxying is denied to host 'private.test': no valid IP found among resolved "
+                        b"addresses - 10.0.0.1 denied by rule 'Deny: Private Range'. .\n")
+        assert headers_of(head)["x-fastfog-reason"] == "addr_private"
+        sock.sendall(request(f"http://{ORIGIN}/chunked"))
+        head, body = read_response(sock)
+        assert (head.status, body) == (200, b"b\r\nchunk one, \r\n9\r\nchunk two\r\n0\r\n\r\n")
+        sock.sendall(request(f"http://{ORIGIN}/empty"))
+        assert read_response(sock)[0].status == 204
+        sock.sendall(request(f"http://{ORIGIN}/hello", method="HEAD"))
+        head, body = read_response(sock, "HEAD")
+        assert (head.status, head.content_length, body) == (200, 21, b"")
+        sock.sendall(request(f"http://{ORIGIN}/hello"))
+        assert read_response(sock)[1] == b"hello from the origin"
+    assert len(http_origin.requests) == 5
+    decisions = proxy.records("CANONICAL-PROXY-DECISION", wait_for=6)
+    assert [record["allow"] for record in decisions] == [True, False, True, True, True, True]
+
+
+def test_pipelined_requests_are_answered_in_order(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/echo", method="POST", body=b"first") +
+                     request(f"http://{ORIGIN}/echo", method="POST", body=b"second"))
+        assert read_response(sock)[1] == b"first"
+        assert read_response(sock)[1] == b"second"
+
+
+def test_request_bodies_by_length_and_chunked(start_proxy, http_origin):
+    proxy = start_proxy()
+    large = os.urandom(3 << 20)
+    chunked = (b"Transfer-Encoding: chunked\r\n\r\n" + b"5\r\nhello\r\n" + b"6;ext=1\r\n world\r\n" +
+               b"0\r\nX-Trailer: t\r\n\r\n")
+    with socket.create_connection(proxy.address, timeout=30) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/echo", method="PUT", body=large))
+        assert read_response(sock)[1] == large
+        sock.sendall(f"POST http://{ORIGIN}/echo HTTP/1.1\r\nHost: x\r\n".encode() + chunked)
+        head, body = read_response(sock)
+        assert body == b"hello world"
+    assert http_origin.requests[1]["body"] == b"hello world"
+
+
+def test_close_delimited_response_closes_the_client_connection(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/close", version="1.0",
+                             headers=b"Connection: keep-alive\r\n"))
+        head, body = read_response(sock)
+        assert (head.status, body, headers_of(head)["connection"]) == (200, b"until the end", "close")
+
+
+def test_http10_keep_alive(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(request(f"http://{ORIGIN}/hello", version="1.0", headers=b"Connection: keep-alive\r\n"))
+            head, body = read_response(sock)
+            assert (head.version, body, headers_of(head)["connection"]) == ("1.1", b"hello from the origin",
+                                                                           "keep-alive")
+
+
+def test_deny_with_a_body_closes_the_connection(start_proxy, http_origin):
+    proxy = start_proxy()
+    answer = exchange(proxy.address, request("http://loopback.test/echo", method="POST", body=b"x" * 1000))
+    assert answer.startswith(b"HTTP/1.1 407 Proxy Authentication Required\r\n")
+    assert b"\r\nConnection: close\r\n" in answer
+    assert http_origin.connections == 0
+
+
+@pytest.mark.parametrize("target, status", [
+    ("http://nx.test/", 502),
+    (f"http://{ORIGIN}:1/", 502),
+])
+def test_errors_keep_the_connection_usable(start_proxy, http_origin, target, status):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(target))
+        assert read_response(sock)[0].status == status
+        sock.sendall(request(f"http://{ORIGIN}/hello"))
+        assert read_response(sock)[0].status == 200
+
+
+def test_https_urls_are_not_forwarded(start_proxy):
+    proxy = start_proxy()
+    answer = exchange(proxy.address, request(f"https://{ORIGIN}/"))
+    assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+
+
+def test_upstream_that_is_not_http_gets_502(start_proxy, echo):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}:7/"))  # the echo server sends our request back
+        head, body = read_response(sock)
+    assert head.status == 502
+    assert body.startswith(b"Failed to read response from remote host: ")

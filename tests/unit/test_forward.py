@@ -1,0 +1,85 @@
+"""Chunked-body framing and the heads fastfog forwards."""
+
+import h11
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastfog import forward
+from fastfog.chunked import ChunkedBody
+from fastfog.errors import HeadError
+from fastfog.reference import parse_request_head, parse_response_head
+
+BODY = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
+
+
+def test_chunked_body_end_found_at_every_split():
+    for cut in range(len(BODY)):
+        scanner = ChunkedBody()
+        assert scanner.feed(BODY[:cut]) == cut and not scanner.done
+        assert scanner.feed(BODY[cut:] + b"NEXT") == len(BODY) - cut and scanner.done
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"x\r\n", "invalid chunk size"),
+    (b"\r\n", "invalid chunk size"),
+    (b"5\nhello", "bare LF in chunked body"),
+    (b"3\r\nabcd\r\n", "chunk data longer than its size"),
+    (b"0\r\nno colon\r\n", "invalid trailer section"),
+    (b"11111111111111111\r\n", "invalid chunk size"),
+    (b"5" + b" " * 5000, "chunked body line too long"),
+])
+def test_chunked_errors(body, reason):
+    with pytest.raises(HeadError, match=f"^{reason}$"):
+        ChunkedBody().feed(body)
+
+
+@given(chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=8), split=st.integers(1, 50))
+def test_chunked_scanner_agrees_with_h11(chunks, split):
+    """h11 encodes a chunked body; fed in pieces, the scanner finds exactly its end."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="POST", target="/", headers=[("Host", "h"), ("Transfer-Encoding", "chunked")]))
+    encoded = b"".join(conn.send(h11.Data(data=chunk)) for chunk in chunks) + conn.send(h11.EndOfMessage())
+    scanner, consumed = ChunkedBody(), 0
+    stream = encoded + b"GET / HTTP/1.1\r\n"
+    for start in range(0, len(stream), split):
+        consumed += scanner.feed(stream[start:start + split])
+        if scanner.done:
+            break
+    assert scanner.done and consumed == len(encoded)
+
+
+def test_upstream_request_head():
+    head = parse_request_head(
+        b"POST http://Example.com:8080/p?q HTTP/1.1\r\nHost: other\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n"
+        b"Proxy-Authorization: x\r\nproxy-foo: y\r\nTE: trailers\r\nX-Smokescreen-Role: r\r\n"
+        b"Content-Length: 2\r\nX-Keep: z\r\n\r\n")
+    assert forward.upstream_request(head) == (
+        b"POST /p?q HTTP/1.1\r\nHost: Example.com:8080\r\nContent-Length: 2\r\nX-Keep: z\r\n"
+        b"Connection: close\r\n\r\n")
+
+
+def test_client_response_head():
+    head = parse_response_head(b"HTTP/1.0 200 Fine\r\nKeep-Alive: 5\r\nConnection: keep-alive\r\n"
+                               b"X-Smokescreen-Error: e\r\nContent-Length: 3\r\n\r\n")
+    assert forward.client_response(head, close=False, client_version="1.1") == (
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\n\r\n")
+    assert forward.client_response(head, close=True, client_version="1.1").endswith(b"Connection: close\r\n\r\n")
+    assert forward.client_response(head, close=False, client_version="1.0").endswith(
+        b"Connection: keep-alive\r\n\r\n")
+
+
+@pytest.mark.parametrize("response, method, kind", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "GET", "length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD", "empty"),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", "GET", "empty"),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", "GET", "empty"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET", "chunked"),
+    (b"HTTP/1.0 200 OK\r\n\r\n", "GET", "close"),
+])
+def test_response_framing(response, method, kind):
+    body = forward.response_body(parse_response_head(response), method)
+    found = {forward.UntilClose: "close", ChunkedBody: "chunked"}.get(type(body))
+    if found is None:
+        found = "empty" if body.done else "length"
+    assert found == kind
