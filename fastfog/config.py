@@ -405,7 +405,7 @@ NOT_YET_SUPPORTED = frozenset({
     "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address", "tls",
     "stats_socket_dir", "max_concurrent_requests", "max_request_rate", "max_concurrent_connect_tunnels",
     "idle_timeout", "workers", "log_format", "role_from_request", "proxy_auth", "webhook",
-    "admin_socket", "sni_check", "role_limits", "dns_cache", "time_connect",
+    "admin_socket", "sni_check", "role_limits", "time_connect",
 })
 NEVER_SUPPORTED = {
     "mitm_ca_cert_file": "fastfog does not intercept TLS (MITM); remove mitm_ca_cert_file and mitm_ca_key_file",

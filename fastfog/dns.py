@@ -6,9 +6,15 @@ AAAA by ``network`` (``ip``, ``ip4``, ``ip6``), within ``dns_timeout``.
 
 Answers are cached for their TTL, clamped to ``[min_ttl, max_ttl]``; failures
 (NXDOMAIN, no address) for ``negative_ttl``; timeouts are not cached. The cache
-holds at most ``max_entries`` names, dropping expired entries and then the
-oldest. Concurrent lookups of one name share one query, so a burst of webhooks
-to the same partner costs one round trip.
+holds at most ``max_entries`` names (0 turns it off), dropping expired entries
+and then the oldest. Concurrent lookups of one name share one query, so a
+burst of webhooks to the same partner costs one round trip.
+
+Underneath, c-ares (1.23 and later) keeps its own cache of answers for their
+TTL, at most an hour, which pycares gives no way to turn off. So an answer is
+never re-asked before its TTL ends, whatever ``max_ttl`` says; ``max_ttl``
+bounds how long fastfog keeps an answer whose TTL is longer than c-ares'
+limit. Negative answers are cached by fastfog alone.
 """
 
 import asyncio

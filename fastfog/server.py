@@ -79,8 +79,9 @@ def own_addresses(listener):
     return [host]
 
 
-async def serve(config, log, ready=None):
-    """Serve until a shutdown signal; ``ready(address)`` is called once listening."""
+async def serve(config, log, ready=None, stop=None):
+    """Serve until a shutdown signal, or until the future ``stop`` is done (embedding, tests);
+    ``ready(address)`` is called once listening."""
     loop = asyncio.get_running_loop()
     log.attach(loop)
     listener = open_listener(config.ip, config.port)
@@ -90,7 +91,7 @@ async def serve(config, log, ready=None):
     if config.acl is not None:
         for warning in config.acl.warnings:
             log.warning(warning, {"acl_file": config.acl.path})
-    stopping = loop.create_future()
+    stopping = stop if stop is not None else loop.create_future()
 
     def accept_ready():
         for _ in range(ACCEPT_BATCH):
@@ -107,8 +108,9 @@ async def serve(config, log, ready=None):
         if not stopping.done():
             stopping.set_result(signum)
 
-    for signum in SHUTDOWN_SIGNALS:
-        loop.add_signal_handler(signum, on_signal, signum)
+    if stop is None:
+        for signum in SHUTDOWN_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
     loop.add_reader(listener.fileno(), accept_ready)
     listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     log.info("listening", {"address": listen_text})
@@ -116,7 +118,7 @@ async def serve(config, log, ready=None):
         ready(address)
     try:
         signum = await stopping
-        log.info("quitting gracefully", {"signal": signal.Signals(signum).name})
+        log.info("quitting gracefully", {"signal": signal.Signals(signum).name if signum else None})
     finally:
         loop.remove_reader(listener.fileno())
         listener.close()

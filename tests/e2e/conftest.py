@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import uvloop
 
 import netns
 from fastfog import stubdns
@@ -34,7 +35,7 @@ class Background:
     """An event loop in a daemon thread, for the servers the proxy talks to."""
 
     def __init__(self):
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -66,16 +67,28 @@ class EchoOrigin(asyncio.Protocol):
         return True
 
 
-class SilentOrigin(asyncio.Protocol):
+class SilentOrigin:
     """Accepts and never reads: its socket buffers fill and the proxy must stop reading the client."""
 
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, host, port):
+        self.listener = socket.create_server((host, port))
+        self.accepted = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def connection_made(self, transport):
-        self.server.connections += 1
-        transport.pause_reading()
-        self.server.transports.append(transport)
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            self.connections += 1
+
+    def close(self):
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
 
 
 class OriginServer:
@@ -87,12 +100,9 @@ class OriginServer:
         self.protocol = protocol
         self.connections = 0
         self.received = 0
-        self.transports = []
         self.server = background.run(background.loop.create_server(lambda: protocol(self), host, port))
 
     def close(self):
-        for transport in self.transports:
-            transport.abort()
         self.server.close()
 
 
@@ -119,10 +129,10 @@ def echo(background):
 
 
 @pytest.fixture
-def silent(background):
-    server = OriginServer(background, netns.ORIGIN, 9, SilentOrigin)
+def silent():
+    server = SilentOrigin(netns.ORIGIN, 9)
     yield server
-    background.loop.call_soon_threadsafe(server.close)
+    server.close()
 
 
 @pytest.fixture
@@ -284,3 +294,57 @@ def http_origin(background):
     origin = HttpOrigin(background, netns.ORIGIN, 80)
     yield origin
     background.loop.call_soon_threadsafe(origin.server.close)
+
+
+class InProcessProxy:
+    """``fastfog.server.serve`` on the background loop of the test process itself."""
+
+    def __init__(self, background, config):
+        self.background = background
+        read_end, self._write_end = os.pipe()
+        self._reader = os.fdopen(read_end, "rb")
+        self.stop_future = None
+        self.address = None
+        self.lines = []
+        ready = threading.Event()
+
+        async def run():
+            from fastfog.logs import Log
+            from fastfog.server import serve
+
+            self.stop_future = asyncio.get_running_loop().create_future()
+            await serve(config, Log(fd=self._write_end), lambda address: ready.set(), self.stop_future)
+
+        self.task = asyncio.run_coroutine_threadsafe(run(), background.loop)
+        threading.Thread(target=self._read, daemon=True).start()
+        if not ready.wait(10):
+            raise RuntimeError(f"in-process proxy did not start: {self.task}")
+        self.address = (config.ip, config.port)
+
+    def _read(self):
+        for line in self._reader:
+            self.lines.append(line.decode())
+
+    records = ProxyProcess.records
+
+    def stop(self):
+        self.background.loop.call_soon_threadsafe(self.stop_future.set_result, None)
+        self.task.result(10)
+        os.close(self._write_end)
+
+
+@pytest.fixture
+def in_process_proxy(background, dns):
+    from fastfog.config import load_config
+
+    started = []
+
+    def start(**flags):
+        flags = {"ip": netns.PROXY, "port": "4751", "resolver_addresses": [f"{netns.DNS}:{DNS_PORT}"], **flags}
+        proxy = InProcessProxy(background, load_config(None, flags))
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

@@ -290,3 +290,29 @@ def test_sigterm_waits_for_tunnels_then_closes_them(start_proxy, echo):
     assert close["active_at_termination"] is True and close["bytes_out"] == 11
     with pytest.raises(OSError):
         socket.create_connection(proxy.address, timeout=2)
+
+
+def test_dns_answers_are_cached_for_their_ttl(start_proxy, echo, dns):
+    proxy = start_proxy(config="dns_cache: {max_entries: 100, max_ttl: 300s}\n")
+    before = dns.questions["origin.test"]
+    for _ in range(5):
+        sock, head, _ = connect(proxy.address, "origin.test:7")
+        sock.close()
+        assert head.status == 200
+    assert dns.questions["origin.test"] - before == 2  # one A and one AAAA question, then the cache
+
+
+def test_dns_cache_can_be_turned_off(start_proxy, dns):
+    proxy = start_proxy(config="dns_cache: {max_entries: 0}\n")
+    before = dns.questions["nx-uncached.test"]
+    for _ in range(3):
+        assert b" 502 " in exchange(proxy.address, b"CONNECT nx-uncached.test:7 HTTP/1.1\r\n\r\n")
+    assert dns.questions["nx-uncached.test"] - before == 6
+
+
+def test_failures_are_cached_briefly(start_proxy, dns):
+    proxy = start_proxy(config="dns_cache: {negative_ttl: 60s}\n")
+    before = dns.questions["nx-cached.test"]
+    for _ in range(3):
+        assert b" 502 " in exchange(proxy.address, b"CONNECT nx-cached.test:7 HTTP/1.1\r\n\r\n")
+    assert dns.questions["nx-cached.test"] - before == 2
