@@ -14,7 +14,7 @@ many of the bytes read belong to the message.
 from fastfog.chunked import ChunkedBody
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
-REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id"})
+REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id", b"x-upstream-https-proxy"})
 RESPONSE_ONLY = frozenset({b"x-smokescreen-error"})
 
 

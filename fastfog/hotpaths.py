@@ -15,6 +15,7 @@ NO_EXTENSIONS = os.environ.get("FASTFOG_NO_EXTENSIONS", "") not in ("", "0")
 if NO_EXTENSIONS or platform.python_implementation() != "CPython":
     from fastfog.reference import (
         DEFAULT_MAX_HEAD_SIZE,
+        BufferedRelay,
         DEFAULT_MAX_HEADERS,
         CidrTable,
         HostGlobSet,
@@ -30,6 +31,7 @@ else:
     try:
         from fastfog._core import (
             DEFAULT_MAX_HEAD_SIZE,
+            BufferedRelay,
             DEFAULT_MAX_HEADERS,
             CidrTable,
             HostGlobSet,
@@ -51,7 +53,7 @@ else:
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
 
 __all__ = [
-    "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
+    "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
     "HostGlobSet", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "parse_request_head",
     "parse_response_head",
 ]

@@ -9,15 +9,18 @@ tunnel or forward a request.
 """
 
 import asyncio
+import base64
 import os
 import socket
+import ssl
 import time
+from urllib.parse import unquote
 
 from fastfog import forward, logs, responses
-from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision
+from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
 from fastfog.classify import AddressPolicy, canonical_host
 from fastfog.dns import ResolveError
-from fastfog.hotpaths import HeadError, SpliceRelay, parse_request_head, parse_response_head
+from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_request_head, parse_response_head
 
 READ_SIZE = 65536
 MAX_HEAD_SIZE = 65536
@@ -33,6 +36,39 @@ class ConnectTimeout(Exception):
 
 class UpstreamBroken(Exception):
     """The upstream sent something that is not HTTP, or went away mid-response."""
+
+
+class _ProxyAnswer:
+    """Reads an upstream proxy's answer to our CONNECT over a TLS transport: (head, bytes after it)."""
+
+    def __init__(self, loop):
+        self.answer = loop.create_future()
+        self.buffer = bytearray()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        try:
+            head = parse_response_head(self.buffer)
+        except HeadError as err:
+            self._fail(UpstreamBroken(f"not an HTTP answer: {err}"))
+            return
+        if head is not None and not self.answer.done():
+            self.transport.pause_reading()
+            self.answer.set_result((head, bytes(self.buffer[head.head_end:])))
+
+    def eof_received(self):
+        self._fail(UpstreamBroken("closed before answering"))
+
+    def connection_lost(self, exc):
+        self._fail(UpstreamBroken(f"connection lost: {exc}" if exc else "closed before answering"))
+
+    def _fail(self, error):
+        if not self.answer.done():
+            self.answer.set_exception(error)
 
 
 class _Deadline:
@@ -93,10 +129,10 @@ class Tunnel:
 class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
-    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address")
+    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via")
 
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address):
-        self.sock, self.decision, self.address = sock, decision, address
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via):
+        self.sock, self.decision, self.address, self.via = sock, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
 
 
@@ -115,6 +151,7 @@ class Proxy:
         self.handlers = set()
         self.serving = True
         self._loop = asyncio.get_running_loop()
+        self._upstream_proxy_tls = None  # made on first use: most deployments never chain
 
     # --- accepting -----------------------------------------------------------------------
 
@@ -245,13 +282,13 @@ class Proxy:
             return "", None
         return "", ROLE_NOT_DETERMINED
 
-    def _decide(self, role, role_error, host, port, headers):
+    def _decide(self, role, role_error, host, port, upstream_proxy):
         acl = self.config.acl
         if acl is None:
             return NOT_CONFIGURED
         if role_error is not None:
             return role_error
-        return acl.decide(role, host.name, port, header_value(headers, UPSTREAM_PROXY_HEADER))
+        return acl.decide(role, host.name, port, upstream_proxy)
 
     async def _open_upstream(self, sock, head, fields, connect):
         """Decide, resolve, classify and dial: an Upstream, or None once the client is answered.
@@ -267,21 +304,31 @@ class Proxy:
             await self._send_final(sock, responses.bad_request(str(err)))
             self.log.warning("bad request", {**fields, "error": str(err)})
             return None
+        upstream_proxy = header_value(head.headers, UPSTREAM_PROXY_HEADER) if connect else None
         role, role_error = self._role()
-        decision = self._decide(role, role_error, host, head.port, head.headers)
+        decision = self._decide(role, role_error, host, head.port, upstream_proxy)
         fields["role"] = role
         fields["project"] = decision.project
         if not decision.allow:
             await self._reject(sock, version, fields, decision, head.authority, 0, connect, close)
             return None
-        if header_value(head.headers, UPSTREAM_PROXY_HEADER):
-            message = "X-Upstream-Https-Proxy is not supported by this version of fastfog"
-            await self._fail(sock, version, fields, decision, 0, 502, message, close)
-            return None
+        via = None
+        dial_host, dial_port = host, head.port
+        if upstream_proxy:
+            # The tunnel goes through another proxy: its address is what is resolved, classified
+            # and dialed; the requested host is that proxy's to resolve.
+            via = parse_upstream_proxy(upstream_proxy)
+            try:
+                dial_host, dial_port = canonical_host(via.host), via.port
+            except (AttributeError, ValueError):
+                await self._send_final(sock, responses.bad_request("invalid X-Upstream-Https-Proxy"))
+                self.log.warning("bad request", {**fields, "error": "invalid X-Upstream-Https-Proxy"})
+                return None
 
         lookup_started = time.monotonic()
         try:
-            addresses = (host.name,) if host.address is not None else await self.resolver.resolve(host.name)
+            addresses = (dial_host.name,) if dial_host.address is not None else await self.resolver.resolve(
+                dial_host.name)
         except ResolveError as err:
             lookup_ms = int((time.monotonic() - lookup_started) * 1000)
             status = 504 if err.timeout else 502
@@ -291,16 +338,16 @@ class Proxy:
             return None
         lookup_ms = int((time.monotonic() - lookup_started) * 1000)
 
-        pick = self.policy.pick(addresses, head.port)
+        pick = self.policy.pick(addresses, dial_port)
         if not pick.allowed:
             denied = Decision(False, pick.deny_reason, "deny", decision.project, decision.default_rule, True,
                               decision.rule, pick.address_class.code)
             await self._reject(sock, version, fields, denied, head.authority, lookup_ms, connect, close)
             return None
 
-        target = peer_text((pick.address, head.port))
+        target = peer_text((pick.address, dial_port))
         try:
-            upstream, connect_ms = await self._dial(pick.address, head.port)
+            upstream, connect_ms = await self._dial(pick.address, dial_port)
         except ConnectTimeout:
             message = f"Timed out connecting to remote host: dial tcp {target}: i/o timeout"
             await self._fail(sock, version, fields, decision, lookup_ms, 504, message, close)
@@ -312,7 +359,7 @@ class Proxy:
             return None
         fields["outbound_local_addr"] = peer_text(upstream.getsockname())
         fields["outbound_remote_addr"] = peer_text(upstream.getpeername())
-        return Upstream(upstream, decision, lookup_ms, connect_ms, pick.address)
+        return Upstream(upstream, decision, lookup_ms, connect_ms, pick.address, via)
 
     async def _dial(self, ip, port):
         """Connect to exactly ``ip`` (the address that was classified), within connect_timeout."""
@@ -378,19 +425,82 @@ class Proxy:
         upstream = await self._open_upstream(sock, head, fields, connect=True)
         if upstream is None:
             return False
+        proxy_transport = proxy_leftover = None
+        if upstream.via is not None:
+            chained = await self._through_upstream_proxy(sock, head, fields, upstream)
+            if chained is None:
+                return False
+            proxy_transport, proxy_leftover = chained
         try:
             await self._loop.sock_sendall(sock, responses.CONNECT_ESTABLISHED)
         except OSError:
-            upstream.sock.close()
+            (proxy_transport or upstream.sock).close()
             return False
         self.log.info(logs.DECISION, {**fields, **self._decision_fields(upstream.decision, upstream.lookup_ms),
                                       "conn_establish_time_ms": upstream.connect_ms})
         tunnel = Tunnel(fields, started, fields["role"], head.host, upstream.address)
-        tunnel.relay = SpliceRelay(self._loop, sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
-                                   first_bytes)
         self.tunnels.add(tunnel)
-        tunnel.relay.start()
+        if proxy_transport is None:
+            tunnel.relay = SpliceRelay(self._loop, sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
+                                       first_bytes)
+            tunnel.relay.start()
+            return True
+        # One leg is TLS: relay in user space, through the transports.
+        tunnel.relay = BufferedRelay(self._loop, lambda relay: self._tunnel_closed(tunnel), first_bytes,
+                                     proxy_leftover)
+        tunnel.relay.attach(None, proxy_transport)
+        proxy_transport.resume_reading()
+        await self._loop.connect_accepted_socket(lambda: tunnel.relay.client_protocol, sock)
         return True
+
+    def _upstream_tls(self):
+        """Certificates of upstream proxies are checked against the system's roots (SSL_CERT_FILE)."""
+        if self._upstream_proxy_tls is None:
+            self._upstream_proxy_tls = ssl.create_default_context()
+        return self._upstream_proxy_tls
+
+    async def _through_upstream_proxy(self, sock, head, fields, upstream):
+        """TLS to the upstream proxy and our own CONNECT through it: (transport, bytes after its answer).
+
+        None once the client has been answered with the failure.
+        """
+        via = upstream.via
+        request = f"CONNECT {head.authority} HTTP/1.1\r\nHost: {head.authority}\r\n"
+        if via.username is not None:
+            credentials = f"{unquote(via.username)}:{unquote(via.password or '')}".encode()
+            request += f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode()}\r\n"
+        reader = _ProxyAnswer(self._loop)
+        deadline = _Deadline(self._loop, self.config.connect_timeout)
+        where = f"upstream proxy {peer_text((upstream.address, via.port))}"
+        transport = None
+        try:
+            transport, _ = await self._loop.create_connection(
+                lambda: reader, sock=upstream.sock, ssl=self._upstream_tls(), server_hostname=via.host,
+                ssl_handshake_timeout=self.config.connect_timeout or None)
+            transport.write((request + "\r\n").encode("latin-1"))
+            answer, leftover = await reader.answer
+        except asyncio.CancelledError:
+            deadline.clear(cancelled=True)
+            if not deadline.expired:
+                raise
+            message = f"Timed out connecting to remote host: {where}: i/o timeout"
+            status = 504
+        except (OSError, ssl.SSLError, UpstreamBroken, asyncio.TimeoutError) as err:
+            message = f"Failed to connect to remote host: {where}: {err}"
+            status = 502
+        else:
+            if 200 <= answer.status < 300:
+                return transport, leftover
+            message = f"Failed to connect to remote host: {where} answered {answer.status} {answer.reason}".rstrip()
+            status = 502
+        finally:
+            deadline.clear()
+        if transport is not None:
+            transport.abort()
+        else:
+            upstream.sock.close()
+        await self._fail(sock, head.version, fields, upstream.decision, upstream.lookup_ms, status, message, True)
+        return None
 
     def _tunnel_closed(self, tunnel):
         self.tunnels.discard(tunnel)

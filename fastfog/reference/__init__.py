@@ -5,6 +5,7 @@ selects these.
 """
 
 from fastfog.errors import HeadError
+from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.relay import SpliceRelay
@@ -18,6 +19,6 @@ from fastfog.reference.httphead import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
+    "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
     "RequestHead", "ResponseHead", "SpliceRelay", "parse_request_head", "parse_response_head",
 ]

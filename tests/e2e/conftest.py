@@ -26,6 +26,8 @@ RECORDS = {
     "metadata.test": ["169.254.169.254"],
     "mixed.test": ["10.0.0.1", netns.ORIGIN],
     "proxy.test": [netns.PROXY],
+    "upstream-proxy.test": [netns.UPSTREAM_PROXY],
+    "private-proxy.test": ["10.0.0.2"],
     "servfail.test": stubdns.SERVFAIL,
     "silent.test": stubdns.SILENT,
 }
@@ -348,3 +350,68 @@ def in_process_proxy(background, dns):
     yield start
     for proxy in started:
         proxy.stop()
+
+
+class UpstreamProxy:
+    """An HTTPS proxy: TLS with a test certificate, CONNECT to any target, a byte relay.
+
+    It records each CONNECT target and Proxy-Authorization it gets; ``refuse`` makes it answer 403.
+    """
+
+    def __init__(self, background, host, port, server_context):
+        self.requests = []
+        self.refuse = False
+        self.server = background.run(asyncio.start_server(self._serve, host, port, ssl=server_context))
+
+    async def _serve(self, reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            target = lines[0].split(" ")[1]
+            auth = next((line.split(": ", 1)[1] for line in lines if line.lower().startswith("proxy-authorization:")),
+                        None)
+            self.requests.append((target, auth))
+            if self.refuse:
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            host, port = target.rsplit(":", 1)
+            address = RECORDS[host][0] if host in RECORDS else host.strip("[]")  # the test network's DNS
+            up_reader, up_writer = await asyncio.open_connection(address, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(source, sink):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+                if sink.can_write_eof():
+                    sink.write_eof()
+                else:
+                    sink.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+            up_writer.close()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture(scope="session")
+def upstream_pki(tmp_path_factory):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("upstream-proxy.test", netns.UPSTREAM_PROXY).configure_cert(context)
+    ca_file = tmp_path_factory.mktemp("upstream") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return context, str(ca_file)
+
+
+@pytest.fixture
+def upstream_proxy(background, upstream_pki):
+    proxy = UpstreamProxy(background, netns.UPSTREAM_PROXY, 8443, upstream_pki[0])
+    yield proxy
+    background.loop.call_soon_threadsafe(proxy.server.close)

@@ -87,7 +87,7 @@ def stub_api():
 def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
-                        "parse_request_head", "parse_response_head"}
+                        "BufferedRelay", "parse_request_head", "parse_response_head"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -96,6 +96,7 @@ def test_type_stubs_describe_both_implementations(impl):
         "CidrTable": impl.CidrTable([]),
         "HostGlobSet": impl.HostGlobSet([]),
         "SpliceRelay": impl.SpliceRelay(loop, client, upstream, lambda relay: None),
+        "BufferedRelay": impl.BufferedRelay(loop, lambda relay: None),
     }
     samples["SpliceRelay"].close()
     loop.close()
