@@ -74,9 +74,11 @@ class Log:
         """Batch writes on ``loop`` from now on (before that, each record is written at once)."""
         self._loop = loop
 
-    @staticmethod
-    def _json(record):
-        return json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
+    _encoder = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)  # one, not one per record
+
+    @classmethod
+    def _json(cls, record):
+        return cls._encoder.encode(record)
 
     @staticmethod
     def _logfmt(record):

@@ -16,7 +16,7 @@ import ssl
 import time
 from urllib.parse import unquote
 
-from fastfog import forward, logs, responses
+from fastfog import forward, logs, responses, sockio
 from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
 from fastfog.classify import AddressPolicy, canonical_host
 from fastfog.dns import ResolveError
@@ -214,7 +214,7 @@ class Proxy:
                 head = parse(buffer)
                 if head is not None:
                     return head
-            data = await self._loop.sock_recv(sock, READ_SIZE)
+            data = await self._recv(sock)
             if not data:
                 if buffer.strip():
                     raise HeadError("connection closed in the middle of a head")
@@ -223,16 +223,19 @@ class Proxy:
             # Heads are re-parsed only when a line has ended: a peer trickling bytes costs
             # one parse per line, never one per byte.
             while b"\n" not in data and len(buffer) < MAX_HEAD_SIZE:
-                data = await self._loop.sock_recv(sock, READ_SIZE)
+                data = await self._recv(sock)
                 if not data:
                     raise HeadError("connection closed in the middle of a head")
                 buffer += data
+
+    async def _recv(self, sock):
+        return await sockio.recv(self._loop, sock, READ_SIZE)
 
     async def _answer_locally(self, sock, head):
         """Requests for the proxy itself. True when the connection may carry another request."""
         version = head.version if head.version == "1.0" else "1.1"
         if head.form == "origin" and head.method == "GET" and head.path == "/healthcheck":
-            await self._loop.sock_sendall(sock, responses.healthcheck(version, self.serving))
+            await sockio.sendall(self._loop, sock, responses.healthcheck(version, self.serving))
             return head.keep_alive and self.serving and not head.content_length and not head.chunked
         await self._send_final(sock, responses.not_a_proxy_request(version))
         return False
@@ -245,13 +248,13 @@ class Proxy:
         still sends for a moment, then close.
         """
         try:
-            await self._loop.sock_sendall(sock, data)
+            await sockio.sendall(self._loop, sock, data)
             sock.shutdown(socket.SHUT_WR)
             deadline = _Deadline(self._loop, LINGER_SECONDS)
             try:
                 discarded = 0
                 while discarded < LINGER_BYTES:
-                    chunk = await self._loop.sock_recv(sock, READ_SIZE)
+                    chunk = await self._recv(sock)
                     if not chunk:
                         break
                     discarded += len(chunk)
@@ -369,7 +372,7 @@ class Proxy:
         started = time.monotonic()
         deadline = _Deadline(self._loop, self.config.connect_timeout)
         try:
-            await self._loop.sock_connect(upstream, (ip, port))
+            await sockio.connect(self._loop, upstream, (ip, port))
         except asyncio.CancelledError:
             upstream.close()
             deadline.clear(cancelled=True)
@@ -396,7 +399,7 @@ class Proxy:
         if close:
             await self._send_final(sock, answer)
         else:
-            await self._loop.sock_sendall(sock, answer)
+            await sockio.sendall(self._loop, sock, answer)
 
     async def _reject(self, sock, version, fields, decision, requested_host, lookup_ms, connect, close):
         """407 with Smokescreen's deny text."""
@@ -432,7 +435,7 @@ class Proxy:
                 return False
             proxy_transport, proxy_leftover = chained
         try:
-            await self._loop.sock_sendall(sock, responses.CONNECT_ESTABLISHED)
+            await sockio.sendall(self._loop, sock, responses.CONNECT_ESTABLISHED)
         except OSError:
             (proxy_transport or upstream.sock).close()
             return False
@@ -545,7 +548,7 @@ class Proxy:
             return head.keep_alive and not head.content_length and not head.chunked
         with upstream.sock:
             try:
-                await self._loop.sock_sendall(upstream.sock, forward.upstream_request(head))
+                await sockio.sendall(self._loop, upstream.sock, forward.upstream_request(head))
                 await self._relay_body(sock, upstream.sock, buffer, forward.request_body(head),
                                        ConnectionError("client closed in the middle of its request body"))
             except OSError as err:  # the upstream went away while taking the request
@@ -581,14 +584,14 @@ class Proxy:
             del buffer[:head.head_end]
             if head.status >= 200 or head.status == 101:
                 break
-            await self._loop.sock_sendall(sock, forward.client_response(head, False, request.version))
+            await sockio.sendall(self._loop, sock, forward.client_response(head, False, request.version))
         if head.status == 101:
             raise UpstreamBroken("protocol upgrades are not forwarded")
         body = forward.response_body(head, request.method)
         # The upstream connection always ends with this response (we asked it to); the client's
         # may go on, unless the body is delimited by that close or we are shutting down.
         keep_alive = request.keep_alive and not isinstance(body, forward.UntilClose) and self.serving
-        await self._loop.sock_sendall(sock, forward.client_response(head, not keep_alive, request.version))
+        await sockio.sendall(self._loop, sock, forward.client_response(head, not keep_alive, request.version))
         try:
             await self._relay_body(upstream, sock, buffer, body,
                                    UpstreamBroken("connection closed in the middle of a body"))
@@ -604,7 +607,7 @@ class Proxy:
         """
         while not body.done:
             if not buffer:
-                data = await self._loop.sock_recv(source, READ_SIZE)
+                data = await self._recv(source)
                 if not data:
                     if isinstance(body, forward.UntilClose):
                         return
@@ -612,5 +615,5 @@ class Proxy:
                 buffer += data
             taken = body.feed(buffer)
             if taken:
-                await self._loop.sock_sendall(destination, bytes(buffer[:taken]))
+                await sockio.sendall(self._loop, destination, bytes(buffer[:taken]))
                 del buffer[:taken]

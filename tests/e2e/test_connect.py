@@ -316,3 +316,28 @@ def test_failures_are_cached_briefly(start_proxy, dns):
     for _ in range(3):
         assert b" 502 " in exchange(proxy.address, b"CONNECT nx-cached.test:7 HTTP/1.1\r\n\r\n")
     assert dns.questions["nx-cached.test"] - before == 2
+
+
+def test_a_client_trickling_its_head_is_dropped_while_others_are_served(start_proxy, echo):
+    proxy = start_proxy(config="read_header_timeout: 600ms\n")
+    trickler = socket.create_connection(proxy.address, timeout=5)
+    started = time.monotonic()
+    dropped_after = None
+    for byte in b"CONNECT origin.test:7 HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+        try:
+            trickler.sendall(bytes([byte]))
+        except OSError:
+            dropped_after = time.monotonic() - started
+            break
+        sock, head, _ = connect(proxy.address, ECHO)  # a normal client meanwhile
+        sock.close()
+        assert head.status == 200
+        trickler.settimeout(0.05)
+        try:
+            if trickler.recv(10) == b"":
+                dropped_after = time.monotonic() - started
+                break
+        except socket.timeout:
+            pass
+    trickler.close()
+    assert dropped_after is not None and 0.5 < dropped_after < 3
