@@ -16,10 +16,9 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import yaml
-
 from fastfog import reasons
 from fastfog.hotpaths import HostGlobSet
+from fastfog.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +310,4 @@ def _parse(document, path, disabled_actions):
 
 def load_acl(path, disabled_actions=()):
     """Read and validate an ACL file; AclError names the file and what is wrong."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            document = yaml.safe_load(file)
-    except OSError as err:
-        raise AclError(f"{path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise AclError(f"{path}: invalid YAML: {err}") from None
-    return parse_acl(document, path, disabled_actions)
+    return parse_acl(read_yaml(path, AclError), path, disabled_actions)

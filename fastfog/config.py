@@ -22,10 +22,9 @@ import ssl
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
-import yaml
-
 from fastfog.acl import ACTIONS, AclError, load_acl
 from fastfog.classify import parse_address_entry
+from fastfog.yamlfile import read_yaml
 
 
 class ConfigError(ValueError):
@@ -511,13 +510,7 @@ def _plain(value):
 
 def read_config_file(path):
     """The YAML file → {key: parsed value} for the keys it sets; ConfigError names file and key."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            document = yaml.safe_load(file)
-    except OSError as err:
-        raise ConfigError(f"{path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    document = read_yaml(path, ConfigError)
     if document is None:
         return {}
     if not isinstance(document, dict):

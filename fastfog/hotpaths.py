@@ -13,34 +13,12 @@ import platform
 NO_EXTENSIONS = os.environ.get("FASTFOG_NO_EXTENSIONS", "") not in ("", "0")
 
 if NO_EXTENSIONS or platform.python_implementation() != "CPython":
-    from fastfog.reference import (
-        DEFAULT_MAX_HEAD_SIZE,
-        BufferedRelay,
-        DEFAULT_MAX_HEADERS,
-        CidrTable,
-        HostGlobSet,
-        RequestHead,
-        ResponseHead,
-        SpliceRelay,
-        parse_request_head,
-        parse_response_head,
-    )
+    from fastfog import reference as _implementation
 
     COMPILED = False
 else:
     try:
-        from fastfog._core import (
-            DEFAULT_MAX_HEAD_SIZE,
-            BufferedRelay,
-            DEFAULT_MAX_HEADERS,
-            CidrTable,
-            HostGlobSet,
-            RequestHead,
-            ResponseHead,
-            SpliceRelay,
-            parse_request_head,
-            parse_response_head,
-        )
+        from fastfog import _core as _implementation
     except ImportError as exc:
         raise ImportError(
             "fastfog's compiled core (fastfog._core) is not built or does not load: "
@@ -49,6 +27,17 @@ else:
         ) from exc
 
     COMPILED = True
+
+DEFAULT_MAX_HEAD_SIZE = _implementation.DEFAULT_MAX_HEAD_SIZE
+DEFAULT_MAX_HEADERS = _implementation.DEFAULT_MAX_HEADERS
+BufferedRelay = _implementation.BufferedRelay
+CidrTable = _implementation.CidrTable
+HostGlobSet = _implementation.HostGlobSet
+RequestHead = _implementation.RequestHead
+ResponseHead = _implementation.ResponseHead
+SpliceRelay = _implementation.SpliceRelay
+parse_request_head = _implementation.parse_request_head
+parse_response_head = _implementation.parse_response_head
 
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
 

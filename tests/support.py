@@ -1,5 +1,7 @@
 """Helpers shared by the tests."""
 
+import socket
+
 import pytest
 
 from fastfog import hotpaths
@@ -27,3 +29,15 @@ def outcome(parse, data, **limits):
         return ("incomplete",)
     fields = REQUEST_FIELDS if hasattr(head, "method") else RESPONSE_FIELDS
     return ("head", {name: getattr(head, name) for name in fields})
+
+
+def tcp_pair():
+    """Two connected, non-blocking TCP sockets on 127.0.0.1."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    for sock in (a, b):
+        sock.setblocking(False)
+    return a, b

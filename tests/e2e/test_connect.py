@@ -302,20 +302,16 @@ def test_dns_answers_are_cached_for_their_ttl(start_proxy, echo, dns):
     assert dns.questions["origin.test"] - before == 2  # one A and one AAAA question, then the cache
 
 
-def test_dns_cache_can_be_turned_off(start_proxy, dns):
-    proxy = start_proxy(config="dns_cache: {max_entries: 0}\n")
-    before = dns.questions["nx-uncached.test"]
+@pytest.mark.parametrize("cache, name, questions", [
+    ("{max_entries: 0}", "nx-uncached.test", 6),  # off: every lookup asks
+    ("{negative_ttl: 60s}", "nx-cached.test", 2),  # a failure is remembered
+])
+def test_failures_are_cached_only_when_the_cache_is_on(start_proxy, dns, cache, name, questions):
+    proxy = start_proxy(config=f"dns_cache: {cache}\n")
+    before = dns.questions[name]
     for _ in range(3):
-        assert b" 502 " in exchange(proxy.address, b"CONNECT nx-uncached.test:7 HTTP/1.1\r\n\r\n")
-    assert dns.questions["nx-uncached.test"] - before == 6
-
-
-def test_failures_are_cached_briefly(start_proxy, dns):
-    proxy = start_proxy(config="dns_cache: {negative_ttl: 60s}\n")
-    before = dns.questions["nx-cached.test"]
-    for _ in range(3):
-        assert b" 502 " in exchange(proxy.address, b"CONNECT nx-cached.test:7 HTTP/1.1\r\n\r\n")
-    assert dns.questions["nx-cached.test"] - before == 2
+        assert b" 502 " in exchange(proxy.address, f"CONNECT {name}:7 HTTP/1.1\r\n\r\n".encode())
+    assert dns.questions[name] - before == questions
 
 
 def test_a_client_trickling_its_head_is_dropped_while_others_are_served(start_proxy, echo):

@@ -9,19 +9,9 @@ import struct
 import pytest
 import trustme
 import uvloop
+from support import tcp_pair
 
 pytestmark = pytest.mark.netns
-
-
-def tcp_pair():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        a = socket.create_connection(listener.getsockname())
-        b, _ = listener.accept()
-    for sock in (a, b):
-        sock.setblocking(False)
-    return a, b
 
 
 @pytest.fixture(scope="module")

@@ -78,10 +78,13 @@ def stub_api():
     api = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
-            api[node.name] = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            members = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            for base in node.bases:
+                members |= api.get(getattr(base, "id", None), set())
+            api[node.name] = members
         elif isinstance(node, ast.FunctionDef):
             api[node.name] = set()
-    return api
+    return {name: members for name, members in api.items() if not name.startswith("_")}
 
 
 def test_type_stubs_describe_both_implementations(impl):

@@ -10,21 +10,9 @@ import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import IMPLEMENTATIONS
+from support import IMPLEMENTATIONS, tcp_pair
 
 pytestmark = pytest.mark.netns  # loopback of the test namespace
-
-
-def tcp_pair():
-    """Two connected, non-blocking TCP sockets on 127.0.0.1."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        a = socket.create_connection(listener.getsockname())
-        b, _ = listener.accept()
-    for sock in (a, b):
-        sock.setblocking(False)
-    return a, b
 
 
 class Tunnel:
