@@ -66,15 +66,23 @@ class Resolver:
     def close(self):
         self._resolver.cancel()
 
+    def cached(self, name):
+        """The cached addresses of ``name``, or None: no lookup, no waiting (ResolveError if cached)."""
+        entry = self._cache.get(name)
+        if entry is None:
+            return None
+        if entry.expires <= time.monotonic():
+            del self._cache[name]
+            return None
+        if entry.error is not None:
+            raise entry.error
+        return entry.addresses
+
     async def resolve(self, name):
         """The addresses of ``name`` (text, IPv4 first), or ResolveError."""
-        entry = self._cache.get(name)
-        if entry is not None:
-            if entry.expires > time.monotonic():
-                if entry.error is not None:
-                    raise entry.error
-                return entry.addresses
-            del self._cache[name]
+        addresses = self.cached(name)
+        if addresses is not None:
+            return addresses
         pending = self._inflight.get(name)
         if pending is None:
             pending = self._loop.create_task(self._lookup(name))
