@@ -123,8 +123,7 @@ async def serve(config, log, ready=None, stop=None):
         loop.remove_reader(listener.fileno())
         listener.close()
         proxy.serving = False
-        for task in list(proxy.handlers):
-            task.cancel()
+        proxy.close_connections()
         await _drain(proxy, config, log)
         resolver.close()
         log.flush()

@@ -1,0 +1,289 @@
+"""A client connection's requests, driven by event-loop callbacks rather than a coroutine.
+
+Most of a proxied connection's life is a short fixed sequence: read a head,
+decide, resolve (usually from the cache), classify, dial, answer. Each step
+here is a plain method called by the loop when its socket is ready or its
+lookup is done; nothing allocates a task or a future on that path, and each
+system call is tried before the loop is asked to wait. Rarer work (forwarding
+a request's body, chaining through another proxy, lingering over a final
+answer) runs as coroutines that these callbacks start.
+
+- ``ClientConnection`` reads request heads (``read_header_timeout`` each) and
+  hands each to the proxy: CONNECT, forwarding, or an answer of its own.
+- ``Opening`` decides, resolves, classifies and dials for one request, then
+  calls ``done(upstream, answer)``: an ``Upstream``, or the bytes to answer
+  the client with (a deny or a failure, already logged).
+"""
+
+import errno
+import os
+import socket
+import time
+
+from fastfog import responses, sockio
+from fastfog.classify import canonical_host
+from fastfog.dns import ResolveError
+from fastfog.hotpaths import HeadError, parse_request_head
+
+READ_SIZE = 65536
+MAX_HEAD_SIZE = 65536
+
+
+class ClientConnection:
+    """A client socket between requests: reads heads with loop callbacks and starts each request."""
+
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "buffer", "_timer", "_reading", "closed")
+
+    def __init__(self, proxy, sock, address):
+        self.proxy = proxy
+        self.loop = proxy.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.address = address
+        self.buffer = bytearray()
+        self._timer = None
+        self._reading = False
+        self.closed = False
+        proxy.connections.add(self)
+
+    def read_head(self):
+        """Wait for the next request head, for at most read_header_timeout."""
+        if not self.proxy.serving and not self.buffer:
+            self.close()
+            return
+        timeout = self.proxy.config.read_header_timeout
+        if timeout:
+            self._timer = self.loop.call_later(timeout, self._head_timed_out)
+        self._advance(bool(self.buffer))
+
+    def _on_readable(self):
+        self._advance(False)
+
+    def _advance(self, parse):
+        """Parse the buffer when a line may have ended; read what is waiting; else wait."""
+        try:
+            while True:
+                if parse:
+                    head = parse_request_head(self.buffer)
+                    if head is not None:
+                        self._stop_waiting()
+                        del self.buffer[:head.head_end]
+                        self.proxy.request(self, head)
+                        return
+                try:
+                    data = self.sock.recv(READ_SIZE)
+                except BlockingIOError:
+                    if not self._reading:
+                        self._reading = True
+                        self.loop.add_reader(self.fd, self._on_readable)
+                    return
+                if not data:
+                    if self.buffer.strip():
+                        raise HeadError("connection closed in the middle of a request head")
+                    self.close()
+                    return
+                self.buffer += data
+                # Heads are re-parsed only when a line has ended: a client trickling bytes
+                # costs one parse per line, never one per byte.
+                parse = b"\n" in data or len(self.buffer) >= MAX_HEAD_SIZE
+        except HeadError as err:
+            self._stop_waiting()
+            self.proxy.log.warning("bad request", {"inbound_remote_addr": self.proxy.peer(self.address),
+                                                   "error": str(err)})
+            self.finish(responses.bad_request(str(err)))
+        except OSError:
+            self.close()
+
+    def _head_timed_out(self):
+        self._timer = None
+        self.proxy.log.info("client did not finish its request in time",
+                            {"inbound_remote_addr": self.proxy.peer(self.address)})
+        self.close()
+
+    def _stop_waiting(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.fd)
+
+    def send(self, data, then):
+        """Send ``data``, then call ``then()``: at once when it fits the send buffer (it nearly always does)."""
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent == len(data):
+            then()
+        else:
+            self.proxy.spawn(self._send_rest(data[sent:], then))
+
+    async def _send_rest(self, data, then):
+        try:
+            await sockio.sendall(self.loop, self.sock, data)
+        except OSError:
+            self.close()
+            return
+        then()
+
+    def finish(self, answer):
+        """A last answer, then close without losing it (see Proxy.send_final)."""
+        self.proxy.spawn(self._finish(answer))
+
+    async def _finish(self, answer):
+        await self.proxy.send_final(self.sock, answer)
+        self.close()
+
+    def detach(self):
+        """The socket now belongs to a tunnel: stop tracking it as a connection."""
+        self._stop_waiting()
+        self.proxy.connections.discard(self)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self._stop_waiting()
+            self.sock.close()
+            self.proxy.connections.discard(self)
+
+
+class Opening:
+    """Decide, resolve, classify and dial for one request, with loop callbacks."""
+
+    __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
+                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer")
+
+    def __init__(self, proxy, conn, head, fields, connect, done):
+        """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
+        request, whose connection stays usable after a deny unless a body is still unread."""
+        self.proxy, self.conn, self.head, self.fields, self.connect, self.done = proxy, conn, head, fields, connect, done
+        self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
+        self.decision = self.via = self.address = self.upstream = self._timer = None
+        self.lookup_ms = 0
+
+    def start(self):
+        proxy, head, fields = self.proxy, self.head, self.fields
+        try:
+            host = canonical_host(head.host)
+        except ValueError as err:
+            proxy.log.warning("bad request", {**fields, "error": str(err)})
+            self.done(None, responses.bad_request(str(err)), True)
+            return
+        upstream_proxy = proxy.header(head.headers, proxy.UPSTREAM_PROXY_HEADER) if self.connect else None
+        role, role_error = proxy.role()
+        self.decision = decision = proxy.decide(role, role_error, host, head.port, upstream_proxy)
+        fields["role"] = role
+        fields["project"] = decision.project
+        if not decision.allow:
+            self._answer(proxy.rejection(head, fields, decision, 0, self.connect, self.close))
+            return
+        self.port = head.port
+        if upstream_proxy:
+            # Through another proxy: its address is resolved, classified and dialed; the
+            # requested host is that proxy's to resolve.
+            self.via = proxy.parse_upstream_proxy(upstream_proxy)
+            try:
+                host, self.port = canonical_host(self.via.host), self.via.port
+            except (AttributeError, ValueError):
+                proxy.log.warning("bad request", {**fields, "error": "invalid X-Upstream-Https-Proxy"})
+                self.done(None, responses.bad_request("invalid X-Upstream-Https-Proxy"), True)
+                return
+        self.lookup_started = time.monotonic()
+        if host.address is not None:
+            self._resolved((host.name,))
+            return
+        try:
+            addresses = proxy.resolver.cached(host.name)
+        except ResolveError as err:
+            self._resolve_failed(err)
+            return
+        if addresses is not None:
+            self._resolved(addresses)
+            return
+        proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
+
+    def _lookup_done(self, task):
+        if task.cancelled():
+            self.done(None, None, True)
+            return
+        error = task.exception()
+        if isinstance(error, ResolveError):
+            self._resolve_failed(error)
+        elif error is not None:
+            self._answer(self.proxy.failure(self.head, self.fields, self.decision, 0, 500, str(error), True))
+        else:
+            self._resolved(task.result())
+
+    def _resolve_failed(self, err):
+        self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
+        status = 504 if err.timeout else 502
+        message = (f"Timed out connecting to remote host: {err}" if err.timeout
+                   else f"Failed to resolve remote hostname: {err}")
+        self._answer(self.proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, status, message,
+                                        self.close))
+
+    def _resolved(self, addresses):
+        proxy = self.proxy
+        self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
+        if self.conn.closed:
+            self.done(None, None, True)
+            return
+        pick = proxy.policy.pick(addresses, self.port)
+        if not pick.allowed:
+            self._answer(proxy.rejection(self.head, self.fields, proxy.address_denial(self.decision, pick),
+                                         self.lookup_ms, self.connect, self.close))
+            return
+        self.address = pick.address
+        upstream = socket.socket(socket.AF_INET6 if ":" in pick.address else socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.upstream = upstream
+        self.dial_started = time.monotonic()
+        error = upstream.connect_ex((pick.address, self.port))
+        if error in (errno.EINPROGRESS, errno.EAGAIN):
+            timeout = proxy.config.connect_timeout
+            if timeout:
+                self._timer = proxy.loop.call_later(timeout, self._dial_timed_out)
+            proxy.loop.add_writer(upstream.fileno(), self._dialed)
+        else:
+            self._dial_ended(error)
+
+    def _dialed(self):
+        self.proxy.loop.remove_writer(self.upstream.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._dial_ended(self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _dial_ended(self, error):
+        proxy = self.proxy
+        target = proxy.peer((self.address, self.port))
+        if error:
+            self.upstream.close()
+            cause = os.strerror(error).lower()
+            message = f"Failed to connect to remote host: dial tcp {target}: connect: {cause}"
+            self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 502, message,
+                                       self.close))
+            return
+        if self.conn.closed:
+            self.upstream.close()
+            self.done(None, None, True)
+            return
+        self.fields["outbound_local_addr"] = proxy.peer(self.upstream.getsockname())
+        self.fields["outbound_remote_addr"] = proxy.peer(self.upstream.getpeername())
+        connect_ms = int((time.monotonic() - self.dial_started) * 1000)
+        self.done(proxy.Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via),
+                  None, False)
+
+    def _dial_timed_out(self):
+        proxy = self.proxy
+        proxy.loop.remove_writer(self.upstream.fileno())
+        self.upstream.close()
+        message = f"Timed out connecting to remote host: dial tcp {proxy.peer((self.address, self.port))}: i/o timeout"
+        self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 504, message, self.close))
+
+    def _answer(self, answer):
+        self.done(None, answer, self.close)
