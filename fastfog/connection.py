@@ -155,12 +155,14 @@ class Opening:
     """Decide, resolve, classify and dial for one request, with loop callbacks."""
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
-                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer")
+                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse")
 
-    def __init__(self, proxy, conn, head, fields, connect, done):
+    def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
-        request, whose connection stays usable after a deny unless a body is still unread."""
+        request, whose connection stays usable after a deny unless a body is still unread.
+        ``reuse``: an idle pooled connection to the picked address may serve instead of a new one."""
         self.proxy, self.conn, self.head, self.fields, self.connect, self.done = proxy, conn, head, fields, connect, done
+        self.reuse = reuse
         self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
         self.decision = self.via = self.address = self.upstream = self._timer = None
         self.lookup_ms = 0
@@ -238,6 +240,11 @@ class Opening:
                                          self.lookup_ms, self.connect, self.close))
             return
         self.address = pick.address
+        pooled = proxy.pool.take(pick.address, self.port) if self.reuse else None
+        if pooled is not None:
+            self.upstream, self.dial_started = pooled, time.monotonic()
+            self._dial_ended(0, reused=True)
+            return
         upstream = socket.socket(socket.AF_INET6 if ":" in pick.address else socket.AF_INET, socket.SOCK_STREAM)
         upstream.setblocking(False)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -258,7 +265,7 @@ class Opening:
             self._timer.cancel()
         self._dial_ended(self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
-    def _dial_ended(self, error):
+    def _dial_ended(self, error, reused=False):
         proxy = self.proxy
         target = proxy.peer((self.address, self.port))
         if error:
@@ -275,8 +282,8 @@ class Opening:
         self.fields["outbound_local_addr"] = proxy.peer(self.upstream.getsockname())
         self.fields["outbound_remote_addr"] = proxy.peer(self.upstream.getpeername())
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
-        self.done(proxy.Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via),
-                  None, False)
+        self.done(proxy.Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
+                                 self.port, reused), None, False)
 
     def _dial_timed_out(self):
         proxy = self.proxy

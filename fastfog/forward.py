@@ -4,8 +4,8 @@ A forwarded request goes upstream in origin form, in the client's HTTP version
 (so an HTTP/1.0 client never gets a chunked body back), with ``Host`` taken from the
 requested URL, without hop-by-hop headers (those RFC 9110 names and those the
 ``Connection`` header lists), without ``Proxy-*`` headers and without
-Smokescreen's role and trace headers, and with ``Connection: close`` (one
-upstream connection per request). The response comes back without hop-by-hop
+Smokescreen's role and trace headers; HTTP/1.1 upstream connections are kept
+for reuse (see pool.py). The response comes back without hop-by-hop
 headers and without ``X-Smokescreen-Error``. Bodies keep their framing and
 stream through in pieces, never whole: the framing objects below only say how
 many of the bytes read belong to the message.
@@ -86,7 +86,8 @@ def upstream_request(head):
              b"Host: " + head.authority.encode("ascii")]
     lines += [name + b": " + value for name, value in _kept(head.headers, REQUEST_ONLY)
               if not name.lower().startswith(b"proxy-")]
-    lines.append(b"Connection: close")
+    if head.version == "1.0":
+        lines.append(b"Connection: close")  # HTTP/1.0 upstream connections are not pooled
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 

@@ -19,6 +19,7 @@ from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_ups
 from fastfog.classify import AddressPolicy
 from fastfog.connection import ClientConnection, Opening
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
+from fastfog.pool import UpstreamPool
 
 READ_SIZE = 65536
 MAX_HEAD_SIZE = 65536
@@ -29,6 +30,10 @@ TRACE_HEADER = b"x-smokescreen-trace-id"
 
 class UpstreamBroken(Exception):
     """The upstream sent something that is not HTTP, or went away mid-response."""
+
+
+class NoResponse(UpstreamBroken):
+    """The upstream closed without a byte of response: on a reused connection, safe to retry."""
 
 
 class _ProxyAnswer:
@@ -122,11 +127,12 @@ class Tunnel:
 class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
-    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via")
+    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused")
 
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via):
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused):
         self.sock, self.decision, self.address, self.via = sock, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
+        self.port, self.reused = port, reused
 
 
 class Proxy:
@@ -151,6 +157,8 @@ class Proxy:
         self.handlers = set()  # coroutines started for connections (forwarding, final answers)
         self.serving = True
         self.loop = asyncio.get_running_loop()
+        self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
+                                 config.idle_timeout)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
 
     # --- accepting and dispatching ------------------------------------------------------------
@@ -425,39 +433,64 @@ class Proxy:
 
     async def _forward_one(self, conn, head):
         """Decide, send the request upstream, stream the response back. True: keep the connection."""
-        sock, buffer = conn.sock, conn.buffer
+        sock = conn.sock
         fields = self.request_fields(conn.address, "http", head)
         if head.scheme != "http":
             await self.send_final(sock, responses.rejection(
                 head.version, 501, "Not Implemented",
                 f"Forwarding {head.scheme} URLs is not supported; use CONNECT", close=True))
             return False
-        opened = self.loop.create_future()
-        Opening(self, conn, head, fields, False, lambda *result: opened.set_result(result)).start()
-        upstream, answer, close = await opened
-        if upstream is None:
-            if answer is not None:
-                if close:
-                    await self.send_final(sock, answer)
-                else:
-                    await sockio.sendall(self.loop, sock, answer)
-            return not close
-        with upstream.sock:
+        replayable = not head.content_length and not head.chunked
+        reuse = head.version != "1.0"
+        while True:
+            opened = self.loop.create_future()
+            Opening(self, conn, head, fields, False, lambda *result: opened.set_result(result), reuse).start()
+            upstream, answer, close = await opened
+            if upstream is None:
+                if answer is not None:
+                    if close:
+                        await self.send_final(sock, answer)
+                    else:
+                        await sockio.sendall(self.loop, sock, answer)
+                return not close
             try:
-                await sockio.sendall(self.loop, upstream.sock, forward.upstream_request(head))
-                await self._relay_body(sock, upstream.sock, buffer, forward.request_body(head),
-                                       ConnectionError("client closed in the middle of its request body"))
-            except OSError as err:  # the upstream went away while taking the request
-                await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
-                                                         f"Failed to send request to remote host: "
-                                                         f"{err.strerror or err}", True))
-                return False
-            try:
-                response, keep_alive = await self._relay_response(sock, upstream.sock, head)
-            except UpstreamBroken as err:
-                await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
-                                                         f"Failed to read response from remote host: {err}", True))
-                return False
+                return await self._exchange(conn, head, fields, upstream)
+            except (NoResponse, ConnectionError) as err:
+                # A pooled connection the server had closed: once more on a new one, if the
+                # request can be sent again (its body, if any, is gone).
+                upstream.sock.close()
+                if not (upstream.reused and replayable):
+                    raise UpstreamBroken(str(err)) from None
+                reuse = False
+
+    async def _exchange(self, conn, head, fields, upstream):
+        """One request and its response over ``upstream``; the connection is pooled when clean."""
+        sock = conn.sock
+        try:
+            await sockio.sendall(self.loop, upstream.sock, forward.upstream_request(head))
+            await self._relay_body(sock, upstream.sock, conn.buffer, forward.request_body(head),
+                                   ConnectionError("client closed in the middle of its request body"))
+        except ConnectionError:
+            raise
+        except OSError as err:  # the upstream went away while taking the request
+            upstream.sock.close()
+            await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
+                                                     f"Failed to send request to remote host: {err.strerror or err}",
+                                                     True))
+            return False
+        try:
+            response, keep_alive, reusable = await self._relay_response(sock, upstream.sock, head)
+        except NoResponse:
+            raise
+        except UpstreamBroken as err:
+            upstream.sock.close()
+            await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
+                                                     f"Failed to read response from remote host: {err}", True))
+            return False
+        if reusable:
+            self.pool.give(upstream.address, upstream.port, upstream.sock)
+        else:
+            upstream.sock.close()
         self.log.info(logs.DECISION, {
             **fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
             "conn_establish_time_ms": upstream.connect_ms, "status_code": response.status,
@@ -475,20 +508,32 @@ class Proxy:
                     raise UpstreamBroken(str(err)) from None
                 if head is not None:
                     return head
-            data = await sockio.recv(self.loop, upstream, READ_SIZE)
+            try:
+                data = await sockio.recv(self.loop, upstream, READ_SIZE)
+            except ConnectionResetError:
+                data = b""
             if not data:
-                raise UpstreamBroken("connection closed before a response" if not buffer
-                                     else "connection closed in the middle of a response head")
+                if not buffer:
+                    raise NoResponse("connection closed before a response")
+                raise UpstreamBroken("connection closed in the middle of a response head")
             buffer += data
 
     async def _relay_response(self, sock, upstream, request):
         """Read the response head (passing on interim 1xx heads), send it, stream its body.
 
-        Returns the response head and whether the client connection stays open.
+        Returns the response head, whether the client connection stays open, and whether the
+        upstream connection is clean for reuse.
         """
         buffer = bytearray()
+        first = True
         while True:
-            head = await self._read_response_head(upstream, buffer)
+            try:
+                head = await self._read_response_head(upstream, buffer)
+            except NoResponse:
+                if first:
+                    raise
+                raise UpstreamBroken("connection closed before a final response") from None
+            first = False
             del buffer[:head.head_end]
             if head.status >= 200 or head.status == 101:
                 break
@@ -505,7 +550,9 @@ class Proxy:
                                    UpstreamBroken("connection closed in the middle of a body"))
         except HeadError as err:
             raise UpstreamBroken(str(err)) from None
-        return head, keep_alive
+        reusable = (request.version != "1.0" and head.keep_alive and not buffer
+                    and not isinstance(body, forward.UntilClose))
+        return head, keep_alive, reusable
 
     async def _relay_body(self, source, destination, buffer, body, cut_short):
         """Stream a body's bytes (first from ``buffer``) until its framing says it ended.

@@ -125,6 +125,7 @@ async def serve(config, log, ready=None, stop=None):
         proxy.serving = False
         proxy.close_connections()
         await _drain(proxy, config, log)
+        proxy.pool.close()
         resolver.close()
         log.flush()
 

@@ -1,6 +1,7 @@
 """A deliberately plain blocking client for end-to-end tests."""
 
 import socket
+import time
 
 from fastfog.reference import parse_response_head
 
@@ -43,3 +44,13 @@ def exchange(proxy, raw, timeout=10):
     with socket.create_connection(proxy, timeout=timeout) as sock:
         sock.sendall(raw)
         return read_until_closed(sock)
+
+
+def eventually(predicate, timeout=5):
+    """True once ``predicate()`` is (servers in other threads count their connections a moment later)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

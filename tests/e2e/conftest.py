@@ -231,14 +231,24 @@ class HttpOrigin:
     ``/echo`` (the request body back), ``/smokescreen-error`` (sets X-Smokescreen-Error)."""
 
     def __init__(self, background, host, port):
+        self.background = background
         self.requests = []
         self.connections = 0
+        self.writers = set()
         self.server = background.run(asyncio.start_server(self._serve, host, port))
+
+    def drop_connections(self):
+        """Close every open connection from the server side (as an idle timeout would)."""
+        async def drop():
+            for writer in list(self.writers):
+                writer.close()
+        self.background.run(drop())
 
     async def _serve(self, reader, writer):
         import h11
 
         self.connections += 1
+        self.writers.add(writer)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -264,9 +274,10 @@ class HttpOrigin:
                     conn.start_next_cycle()
                 else:
                     break
-        except h11.RemoteProtocolError:
+        except (h11.RemoteProtocolError, ConnectionError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     @staticmethod

@@ -55,8 +55,9 @@ def test_upstream_request_head():
         b"Proxy-Authorization: x\r\nproxy-foo: y\r\nTE: trailers\r\nX-Smokescreen-Role: r\r\n"
         b"Content-Length: 2\r\nX-Keep: z\r\n\r\n")
     assert forward.upstream_request(head) == (
-        b"POST /p?q HTTP/1.1\r\nHost: Example.com:8080\r\nContent-Length: 2\r\nX-Keep: z\r\n"
-        b"Connection: close\r\n\r\n")
+        b"POST /p?q HTTP/1.1\r\nHost: Example.com:8080\r\nContent-Length: 2\r\nX-Keep: z\r\n\r\n")
+    old = parse_request_head(b"GET http://h/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert forward.upstream_request(old) == b"GET / HTTP/1.0\r\nHost: h\r\nConnection: close\r\n\r\n"
 
 
 def test_client_response_head():

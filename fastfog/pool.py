@@ -1,0 +1,74 @@
+"""Idle upstream connections for forwarded HTTP requests, kept for reuse.
+
+A forwarded request is decided, resolved and classified on its own like any
+other; only once it has picked an address does it look here for an idle
+connection to exactly that address and port, so reuse never widens what a
+request may reach. A connection comes back after a response whose framing
+left it clean (a known length or chunked body, no ``Connection: close``).
+
+Bounded like Go's transport, which Smokescreen's ``transport_max_idle_conns``
+and ``transport_max_idle_conns_per_host`` configure (0 means the default
+here); an idle connection is dropped after ``idle_timeout`` (90 s when that is
+0, as Go's transport) or when the server has closed it, which is noticed when
+it is taken.
+"""
+
+import socket
+import time
+
+DEFAULT_MAX_IDLE = 100
+DEFAULT_MAX_IDLE_PER_HOST = 32
+DEFAULT_IDLE_SECONDS = 90.0
+
+
+class UpstreamPool:
+    """Idle sockets by (address, port), newest first."""
+
+    def __init__(self, max_idle=0, max_idle_per_host=0, idle_seconds=0.0):
+        self.max_idle = max_idle or DEFAULT_MAX_IDLE
+        self.max_idle_per_host = max_idle_per_host or DEFAULT_MAX_IDLE_PER_HOST
+        self.idle_seconds = idle_seconds or DEFAULT_IDLE_SECONDS
+        self._idle = {}
+        self._count = 0
+
+    def __len__(self):
+        return self._count
+
+    def take(self, address, port):
+        """An idle connection to ``address:port`` that still looks open, or None."""
+        stack = self._idle.get((address, port))
+        now = time.monotonic()
+        while stack:
+            sock, since = stack.pop()
+            self._count -= 1
+            if now - since < self.idle_seconds and _still_open(sock):
+                return sock
+            sock.close()
+        return None
+
+    def give(self, address, port, sock):
+        """Keep ``sock`` for reuse, or close it when the pool is full."""
+        stack = self._idle.setdefault((address, port), [])
+        if len(stack) >= self.max_idle_per_host or self._count >= self.max_idle:
+            sock.close()
+            return
+        stack.append((sock, time.monotonic()))
+        self._count += 1
+
+    def close(self):
+        for stack in self._idle.values():
+            for sock, _ in stack:
+                sock.close()
+        self._idle.clear()
+        self._count = 0
+
+
+def _still_open(sock):
+    """An idle connection is usable while it has nothing to read: no end of stream, no stray bytes."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False

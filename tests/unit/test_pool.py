@@ -1,0 +1,58 @@
+"""The idle upstream connection pool: bounds, expiry, and connections the server closed."""
+
+import time
+
+import pytest
+from support import tcp_pair
+
+from fastfog.pool import UpstreamPool
+
+pytestmark = pytest.mark.netns
+
+
+def test_take_returns_what_was_given_for_that_address_only():
+    pool = UpstreamPool()
+    mine, server = tcp_pair()
+    pool.give("203.0.113.10", 80, mine)
+    assert pool.take("203.0.113.10", 8080) is None
+    assert pool.take("203.0.113.11", 80) is None
+    assert pool.take("203.0.113.10", 80) is mine
+    assert pool.take("203.0.113.10", 80) is None
+    mine.close()
+    server.close()
+
+
+def test_bounds_per_host_and_in_total():
+    pool = UpstreamPool(max_idle=3, max_idle_per_host=2)
+    pairs = [tcp_pair() for _ in range(5)]
+    for index, (mine, _) in enumerate(pairs):
+        pool.give("203.0.113.10" if index < 3 else "203.0.113.11", 80, mine)
+    assert len(pool) == 3  # two for the first host (the third was closed), one for the second
+    assert pairs[2][0].fileno() == -1 and pairs[4][0].fileno() == -1
+    pool.close()
+    assert len(pool) == 0 and pairs[0][0].fileno() == -1
+    for _, server in pairs:
+        server.close()
+
+
+def test_connections_the_server_closed_are_not_handed_out():
+    pool = UpstreamPool()
+    closed_mine, closed_server = tcp_pair()
+    chatty_mine, chatty_server = tcp_pair()
+    pool.give("203.0.113.10", 80, closed_mine)
+    pool.give("203.0.113.11", 80, chatty_mine)
+    closed_server.close()
+    chatty_server.send(b"unexpected")
+    time.sleep(0.05)
+    assert pool.take("203.0.113.10", 80) is None
+    assert pool.take("203.0.113.11", 80) is None  # stray bytes: not a clean connection either
+    chatty_server.close()
+
+
+def test_idle_connections_expire():
+    pool = UpstreamPool(idle_seconds=0.05)
+    mine, server = tcp_pair()
+    pool.give("203.0.113.10", 80, mine)
+    time.sleep(0.1)
+    assert pool.take("203.0.113.10", 80) is None and mine.fileno() == -1
+    server.close()
