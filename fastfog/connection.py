@@ -155,7 +155,7 @@ class Opening:
     """Decide, resolve, classify and dial for one request, with loop callbacks."""
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
-                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse")
+                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse", "role")
 
     def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
@@ -164,7 +164,7 @@ class Opening:
         self.proxy, self.conn, self.head, self.fields, self.connect, self.done = proxy, conn, head, fields, connect, done
         self.reuse = reuse
         self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
-        self.decision = self.via = self.address = self.upstream = self._timer = None
+        self.decision = self.via = self.address = self.upstream = self._timer = self.role = None
         self.lookup_ms = 0
 
     def start(self):
@@ -177,6 +177,12 @@ class Opening:
             return
         upstream_proxy = proxy.header(head.headers, proxy.UPSTREAM_PROXY_HEADER) if self.connect else None
         role, role_error = proxy.role()
+        refusal = proxy.limits.admit(role, self.connect)
+        if refusal is not None:
+            fields["role"], fields["project"] = role, ""
+            self.done(None, proxy.limited(head, fields, refusal, self.close), self.close)
+            return
+        self.role = role
         self.decision = decision = proxy.decide(role, role_error, host, head.port, upstream_proxy)
         fields["role"] = role
         fields["project"] = decision.project
@@ -192,6 +198,7 @@ class Opening:
                 host, self.port = canonical_host(self.via.host), self.via.port
             except (AttributeError, ValueError):
                 proxy.log.warning("bad request", {**fields, "error": "invalid X-Upstream-Https-Proxy"})
+                self._release()
                 self.done(None, responses.bad_request("invalid X-Upstream-Https-Proxy"), True)
                 return
         self.lookup_started = time.monotonic()
@@ -210,6 +217,7 @@ class Opening:
 
     def _lookup_done(self, task):
         if task.cancelled():
+            self._release()
             self.done(None, None, True)
             return
         error = task.exception()
@@ -232,6 +240,7 @@ class Opening:
         proxy = self.proxy
         self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
         if self.conn.closed:
+            self._release()
             self.done(None, None, True)
             return
         pick = proxy.policy.pick(addresses, self.port)
@@ -277,13 +286,16 @@ class Opening:
             return
         if self.conn.closed:
             self.upstream.close()
+            self._release()
             self.done(None, None, True)
             return
         self.fields["outbound_local_addr"] = proxy.peer(self.upstream.getsockname())
         self.fields["outbound_remote_addr"] = proxy.peer(self.upstream.getpeername())
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
-        self.done(proxy.Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
-                                 self.port, reused), None, False)
+        upstream = proxy.Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
+                                  self.port, reused, self.role)
+        self.role = None  # the caller releases it when the request is done
+        self.done(upstream, None, False)
 
     def _dial_timed_out(self):
         proxy = self.proxy
@@ -293,4 +305,11 @@ class Opening:
         self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 504, message, self.close))
 
     def _answer(self, answer):
+        self._release()
         self.done(None, answer, self.close)
+
+    def _release(self):
+        """An admitted request that ends here stops counting against the concurrency limit."""
+        if self.role is not None:
+            self.proxy.limits.release(self.role)
+            self.role = None

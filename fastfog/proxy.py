@@ -19,6 +19,7 @@ from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_ups
 from fastfog.classify import AddressPolicy
 from fastfog.connection import ClientConnection, Opening
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
+from fastfog.limits import Limits
 from fastfog.pool import UpstreamPool
 
 READ_SIZE = 65536
@@ -127,12 +128,12 @@ class Tunnel:
 class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
-    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused")
+    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role")
 
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused):
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role):
         self.sock, self.decision, self.address, self.via = sock, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
-        self.port, self.reused = port, reused
+        self.port, self.reused, self.role = port, reused, role
 
 
 class Proxy:
@@ -159,6 +160,7 @@ class Proxy:
         self.loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
                                  config.idle_timeout)
+        self.limits = Limits(config)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
 
     # --- accepting and dispatching ------------------------------------------------------------
@@ -278,6 +280,15 @@ class Proxy:
                                          "status_code": 407, "content_length": body_length(answer)})
         return answer
 
+    def limited(self, head, fields, refusal, close):
+        """Log a request refused by a limit and return its 429 or 503."""
+        version = head.version if head.version == "1.0" else "1.1"
+        answer = responses.limited(version, refusal, close)
+        self.log.warning(logs.DECISION, {**fields, "decision_reason": refusal.message, "allow": False,
+                                         "enforce_would_deny": False, "dns_lookup_time_ms": 0,
+                                         "status_code": refusal.status, "content_length": body_length(answer)})
+        return answer
+
     def failure(self, head, fields, decision, lookup_ms, status, message, close):
         """Log a failure after an allowed decision (502, 504, 500) and return its answer."""
         version = head.version if head.version == "1.0" else "1.1"
@@ -308,6 +319,7 @@ class Proxy:
                 conn.detach()
                 self.spawn(self._chain(conn, head, fields, upstream, started))
                 return
+            self.limits.release(upstream.role)
             try:
                 conn.sock.send(responses.CONNECT_ESTABLISHED)  # 19 bytes: a fresh socket always takes them
             except OSError:
@@ -324,6 +336,7 @@ class Proxy:
                                       "conn_establish_time_ms": upstream.connect_ms})
         tunnel = Tunnel(fields, started, fields["role"], head.host, upstream.address)
         self.tunnels.add(tunnel)
+        self.limits.tunnel_opened(tunnel.role)
         first_bytes = bytes(conn.buffer)
         if proxy_transport is None:
             tunnel.relay = SpliceRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
@@ -345,6 +358,12 @@ class Proxy:
 
     async def _chain(self, conn, head, fields, upstream, started):
         """TLS to the upstream proxy and our own CONNECT through it; then relay (SPEC 3.4)."""
+        try:
+            await self._chain_through(conn, head, fields, upstream, started)
+        finally:
+            self.limits.release(upstream.role)
+
+    async def _chain_through(self, conn, head, fields, upstream, started):
         via = upstream.via
         request = f"CONNECT {head.authority} HTTP/1.1\r\nHost: {head.authority}\r\n"
         if via.username is not None:
@@ -392,6 +411,7 @@ class Proxy:
 
     def _tunnel_closed(self, tunnel):
         self.tunnels.discard(tunnel)
+        self.limits.tunnel_closed(tunnel.role)
         relay = tunnel.relay
         ended = time.time()
         record = {
@@ -444,7 +464,8 @@ class Proxy:
         reuse = head.version != "1.0"
         while True:
             opened = self.loop.create_future()
-            Opening(self, conn, head, fields, False, lambda *result: opened.set_result(result), reuse).start()
+            Opening(self, conn, head, fields, False, lambda *result, opened=opened: opened.set_result(result),
+                    reuse).start()
             upstream, answer, close = await opened
             if upstream is None:
                 if answer is not None:
@@ -456,6 +477,7 @@ class Proxy:
             try:
                 return await self._exchange(conn, head, fields, upstream)
             except (NoResponse, ConnectionError) as err:
+                self.limits.release(upstream.role)
                 # A pooled connection the server had closed: once more on a new one, if the
                 # request can be sent again (its body, if any, is gone).
                 upstream.sock.close()
@@ -465,6 +487,17 @@ class Proxy:
 
     async def _exchange(self, conn, head, fields, upstream):
         """One request and its response over ``upstream``; the connection is pooled when clean."""
+        stale = False
+        try:
+            return await self._exchange_once(conn, head, fields, upstream)
+        except (NoResponse, ConnectionError):
+            stale = True  # released by the caller, which may try again
+            raise
+        finally:
+            if not stale:
+                self.limits.release(upstream.role)
+
+    async def _exchange_once(self, conn, head, fields, upstream):
         sock = conn.sock
         try:
             await sockio.sendall(self.loop, upstream.sock, forward.upstream_request(head))

@@ -30,11 +30,11 @@ def _header_safe(text):
     return text.replace("\r", " ").replace("\n", " ")
 
 
-def rejection(version, status, reason_phrase, message, extra="", code=None, close=False):
+def rejection(version, status, reason_phrase, message, extra="", code=None, close=False, headers=()):
     """A text answer from the proxy: body ``message`` (plus the configured extra), mirrored in
-    X-Smokescreen-Error, with X-Fastfog-Reason when ``code`` is given."""
+    X-Smokescreen-Error, with X-Fastfog-Reason when ``code`` is given, and ``headers``."""
     body, header = _with_extra(message, extra)
-    headers = [("Content-Type", "text/plain")]
+    headers = [("Content-Type", "text/plain"), *headers]
     if code:
         headers.append(("X-Fastfog-Reason", code))
     headers.append(("X-Smokescreen-Error", _header_safe(header)))
@@ -82,3 +82,9 @@ def bad_request(reason):
     body = f"400 Bad Request: {reason}\n".encode("utf-8", "replace")
     return _head("1.1", 400, "Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
                                               ("X-Fastfog-Reason", "bad_request"), ("Connection", "close")], body)
+
+
+def limited(version, refusal, close):
+    """429 or 503 from a rate, concurrency or tunnel limit: come back in a second."""
+    return rejection(version, refusal.status, refusal.phrase, refusal.message, code=refusal.code, close=close,
+                     headers=[("Retry-After", "1")])

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from client import connect, eventually, exchange, read_head, read_until_closed
+from .client import connect, eventually, exchange, read_head, read_until_closed
 
 import netns
 
@@ -270,6 +270,7 @@ def test_listens_on_ipv6(start_proxy, echo):
     proxy = start_proxy("--listen-ip", netns.PROXY6)
     sock, head, _ = connect((netns.PROXY6, 4750), ECHO)
     sock.close()
+    assert proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]["inbound_remote_addr"].startswith("[2001:db8::1]:")
     assert head.status == 200
 
 

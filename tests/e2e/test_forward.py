@@ -4,7 +4,7 @@ import os
 import socket
 
 import pytest
-from client import eventually, exchange, read_head, read_until_closed
+from .client import eventually, exchange, read_head, read_until_closed
 
 import netns
 from fastfog.chunked import ChunkedBody
@@ -61,7 +61,7 @@ def test_hop_by_hop_proxy_and_smokescreen_headers_are_removed(start_proxy, http_
             b"TE: trailers\r\nUpgrade: websocket\r\nX-Smokescreen-Role: admin\r\n"
             b"X-Smokescreen-Trace-ID: t\r\nX-Kept: yes\r\nAccept: */*\r\n")
     with socket.create_connection(proxy.address, timeout=10) as sock:
-        sock.sendall(request(f"http://origin.test/hello", headers=sent))
+        sock.sendall(request("http://origin.test/hello", headers=sent))
         head, _ = read_response(sock)
         assert head.status == 200
     seen = http_origin.requests[0]["headers"]
@@ -184,7 +184,7 @@ def test_upstream_that_is_not_http_gets_502(start_proxy, echo):
 
 def test_upstream_connections_are_reused_per_address(start_proxy, http_origin):
     proxy = start_proxy()
-    for client in range(3):
+    for _ in range(3):
         with socket.create_connection(proxy.address, timeout=10) as sock:
             for _ in range(3):
                 sock.sendall(request(f"http://{ORIGIN}/hello"))

@@ -2,7 +2,7 @@
 
 import socket
 
-from client import connect, exchange
+from .client import connect, exchange
 
 import netns
 

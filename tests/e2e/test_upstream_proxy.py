@@ -3,7 +3,7 @@
 import base64
 
 import pytest
-from client import connect, exchange
+from .client import connect, exchange
 
 import netns
 

@@ -86,7 +86,6 @@ def test_reset_aborts_the_other_side(impl):
 
 def test_a_receiver_that_never_reads_stops_the_sender(impl):
     async def scenario():
-        loop = asyncio.get_running_loop()
         relay, closed, client, origin = await open_relay(impl)
         chunk, sent = b"z" * 65536, 0
         for _ in range(2000):

@@ -118,7 +118,8 @@ dns_cache: {{max_entries: 100000, min_ttl: 0s, max_ttl: 300s, negative_ttl: 5s}}
     assert config.acl.decide("a", "example.com", 443).allow
     assert config.source == path
     unsupported = {problem.split(":")[0] for problem in config.not_yet_supported()}
-    assert {"support_proxy_protocol", "webhook", "proxy_auth", "sni_check", "role_limits"} <= unsupported
+    assert {"support_proxy_protocol", "webhook", "proxy_auth", "sni_check"} <= unsupported
+    assert "role_limits" not in unsupported and "max_request_rate" not in unsupported
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,0 +1,104 @@
+"""Rate, concurrency and tunnel limits, for the whole proxy and per role (SPEC 3.5, 5.6).
+
+Checked as soon as a request's head and role are known, before DNS or any
+upstream work, in Smokescreen's order: the request rate (a token bucket,
+429), requests being processed (503; a CONNECT counts until its tunnel is
+open or refused), then open CONNECT tunnels (429). ``role_limits`` applies
+the same three limits to each named role, on top of the global ones.
+"""
+
+import time
+from typing import NamedTuple
+
+
+class Refusal(NamedTuple):
+    status: int
+    phrase: str
+    message: str
+    code: str
+    metric: str
+
+
+RATE_LIMITED = Refusal(429, "Too Many Requests", "Proxy rate limit exceeded. Please retry later.",
+                       "rate_limited", "requests.rate_limited")
+OVERLOADED = Refusal(503, "Service Unavailable", "Proxy overloaded. Please retry later.",
+                     "concurrency_limited", "requests.concurrency_limited")
+TOO_MANY_TUNNELS = Refusal(429, "Too Many Requests", "maximum concurrent connect tunnels exceeded",
+                           "tunnels_limited", "tunnels.concurrency_limited")
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a request takes one."""
+
+    __slots__ = ("rate", "burst", "tokens", "updated")
+
+    def __init__(self, rate, burst):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def take(self):
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Scope:
+    """One set of limits (global, or one role's) and what it counts."""
+
+    __slots__ = ("bucket", "max_requests", "max_tunnels", "requests", "tunnels")
+
+    def __init__(self, rate, burst, max_requests, max_tunnels):
+        self.bucket = TokenBucket(rate, burst if burst is not None else int(rate * 2)) if rate else None
+        self.max_requests = max_requests or 0
+        self.max_tunnels = max_tunnels or 0
+        self.requests = 0
+        self.tunnels = 0
+
+
+class Limits:
+    """The proxy's limits; ``admit`` says whether a request may go on, ``release`` ends it."""
+
+    def __init__(self, config):
+        self.proxy = Scope(config.max_request_rate, config.max_request_burst, config.max_concurrent_requests,
+                           config.max_concurrent_connect_tunnels)
+        self.roles = {role: Scope(limits["max_request_rate"], limits["max_request_burst"],
+                                  limits["max_concurrent_requests"], limits["max_concurrent_connect_tunnels"])
+                      for role, limits in config.role_limits.items()}
+
+    def admit(self, role, connect):
+        """None when the request may go on (it then counts until ``release``), else the Refusal."""
+        scopes = (self.proxy,) if role not in self.roles else (self.proxy, self.roles[role])
+        for scope in scopes:
+            if scope.bucket is not None and not scope.bucket.take():
+                return RATE_LIMITED
+        for scope in scopes:
+            if scope.max_requests and scope.requests >= scope.max_requests:
+                return OVERLOADED
+        if connect:
+            for scope in scopes:
+                if scope.max_tunnels and scope.tunnels >= scope.max_tunnels:
+                    return TOO_MANY_TUNNELS
+        for scope in scopes:
+            scope.requests += 1
+        return None
+
+    def release(self, role):
+        """A request admitted for ``role`` is no longer being processed."""
+        self.proxy.requests -= 1
+        if role in self.roles:
+            self.roles[role].requests -= 1
+
+    def tunnel_opened(self, role):
+        self.proxy.tunnels += 1
+        if role in self.roles:
+            self.roles[role].tunnels += 1
+
+    def tunnel_closed(self, role):
+        self.proxy.tunnels -= 1
+        if role in self.roles:
+            self.roles[role].tunnels -= 1

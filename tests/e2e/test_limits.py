@@ -1,0 +1,104 @@
+"""Rate, concurrency and tunnel limits through a real ``fastfog serve`` (SPEC 3.5, 5.6)."""
+
+import socket
+import threading
+import time
+
+from .client import connect, eventually, exchange
+
+import netns
+
+ECHO = f"{netns.ORIGIN}:7"
+
+
+def limited_bytes(status, phrase, message, code):
+    body = (message + "\n").encode()
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Length: {len(body)}\r\nContent-Type: text/plain\r\n"
+            f"Retry-After: 1\r\nX-Fastfog-Reason: {code}\r\nX-Smokescreen-Error: {message}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
+
+
+RATE_LIMITED = limited_bytes(429, "Too Many Requests", "Proxy rate limit exceeded. Please retry later.",
+                             "rate_limited")
+
+
+def status_of_connect(proxy):
+    sock, head, _ = connect(proxy.address, ECHO)
+    sock.close()
+    return head.status
+
+
+def test_request_rate(start_proxy, echo):
+    proxy = start_proxy(config="max_request_rate: 2\nmax_request_burst: 4\n")
+    statuses = [status_of_connect(proxy) for _ in range(8)]
+    assert 4 <= statuses.count(200) <= 5  # the burst, and at most one token refilled meanwhile
+    assert statuses[-1] == 429
+    assert exchange(proxy.address, f"CONNECT {ECHO} HTTP/1.1\r\n\r\n".encode()) == RATE_LIMITED
+    time.sleep(1.1)  # two tokens a second
+    assert status_of_connect(proxy) == 200
+    refused = [record for record in proxy.records("CANONICAL-PROXY-DECISION", wait_for=10)
+               if record.get("status_code") == 429]
+    assert refused and refused[0]["decision_reason"] == "Proxy rate limit exceeded. Please retry later."
+
+
+def test_concurrent_requests(start_proxy, echo):
+    proxy = start_proxy("--dns-timeout", "1s", config="max_concurrent_requests: 1\n")
+    held = socket.create_connection(proxy.address, timeout=5)
+    held.sendall(b"CONNECT silent.test:7 HTTP/1.1\r\n\r\n")  # processing: its DNS never answers
+    time.sleep(0.2)
+    answer = exchange(proxy.address, f"CONNECT {ECHO} HTTP/1.1\r\n\r\n".encode())
+    assert answer == limited_bytes(503, "Service Unavailable", "Proxy overloaded. Please retry later.",
+                                   "concurrency_limited")
+    assert held.recv(100).startswith(b"HTTP/1.1 504 ")  # the held request ends...
+    held.close()
+    sock, head, _ = connect(proxy.address, ECHO)  # ...and frees its place
+    sock.close()
+    assert head.status == 200
+
+
+def test_an_open_tunnel_is_not_a_request_in_progress(start_proxy, echo):
+    proxy = start_proxy(config="max_concurrent_requests: 1\n")
+    tunnels = [connect(proxy.address, ECHO)[0] for _ in range(3)]
+    assert all(sock.recv(0) == b"" for sock in tunnels)
+    for sock in tunnels:
+        sock.close()
+
+
+def test_concurrent_tunnels(start_proxy, echo):
+    proxy = start_proxy(config="max_concurrent_connect_tunnels: 2\n")
+    first, second = (connect(proxy.address, ECHO)[0] for _ in range(2))
+    refused = limited_bytes(429, "Too Many Requests", "maximum concurrent connect tunnels exceeded",
+                            "tunnels_limited")
+    assert exchange(proxy.address, f"CONNECT {ECHO} HTTP/1.1\r\n\r\n".encode()) == refused
+    first.close()
+    assert eventually(lambda: len(proxy.records("CANONICAL-PROXY-CN-CLOSE")) == 1)
+    third, head, _ = connect(proxy.address, ECHO)
+    assert head.status == 200
+    for sock in (second, third):
+        sock.close()
+
+
+def test_role_limits_apply_on_top_of_the_global_ones(start_proxy, echo):
+    proxy = start_proxy(config='allow_missing_role: true\nmax_concurrent_connect_tunnels: 10\n'
+                               'role_limits:\n  "": {max_concurrent_connect_tunnels: 1}\n')
+    held = connect(proxy.address, ECHO)[0]
+    assert b"maximum concurrent connect tunnels exceeded" in exchange(
+        proxy.address, f"CONNECT {ECHO} HTTP/1.1\r\n\r\n".encode())
+    held.close()
+
+
+def test_limits_do_not_slow_anything_down_when_unset(start_proxy, echo):
+    proxy = start_proxy()
+    results = []
+
+    def one():
+        sock, head, _ = connect(proxy.address, ECHO)
+        sock.close()
+        results.append(head.status)
+
+    threads = [threading.Thread(target=one) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == [200] * 30
