@@ -46,12 +46,14 @@ class ClientConnection:
         self.closed = False
         proxy.connections.add(self)
 
-    def read_head(self):
-        """Wait for the next request head, for at most read_header_timeout."""
+    def read_head(self, first=True):
+        """Wait for a request head: the first for at most read_header_timeout, a later one on a
+        kept-alive connection for at most idle_timeout (when set)."""
         if not self.proxy.serving and not self.buffer:
             self.close()
             return
-        timeout = self.proxy.config.read_header_timeout
+        config = self.proxy.config
+        timeout = config.read_header_timeout if first or not config.idle_timeout else config.idle_timeout
         if timeout:
             self._timer = self.loop.call_later(timeout, self._head_timed_out)
         self._advance(bool(self.buffer))

@@ -199,7 +199,8 @@ class Proxy:
         version = head.version if head.version == "1.0" else "1.1"
         if head.form == "origin" and head.method == "GET" and head.path == "/healthcheck":
             keep_alive = head.keep_alive and self.serving and not head.content_length and not head.chunked
-            conn.send(responses.healthcheck(version, self.serving), conn.read_head if keep_alive else conn.close)
+            conn.send(responses.healthcheck(version, self.serving),
+                      (lambda: conn.read_head(first=False)) if keep_alive else conn.close)
             return
         conn.finish(responses.not_a_proxy_request(version))
 
@@ -447,7 +448,7 @@ class Proxy:
         except (OSError, UpstreamBroken):
             keep_alive = False
         if keep_alive and not conn.closed:
-            conn.read_head()
+            conn.read_head(first=False)
         else:
             conn.close()
 

@@ -112,6 +112,7 @@ async def serve(config, log, ready=None, stop=None):
         for signum in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
     loop.add_reader(listener.fileno(), accept_ready)
+    sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
     listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     log.info("listening", {"address": listen_text})
     if ready is not None:
@@ -120,6 +121,8 @@ async def serve(config, log, ready=None, stop=None):
         signum = await stopping
         log.info("quitting gracefully", {"signal": signal.Signals(signum).name if signum else None})
     finally:
+        if sweeper is not None:
+            sweeper.cancel()
         loop.remove_reader(listener.fileno())
         listener.close()
         proxy.serving = False
@@ -128,6 +131,16 @@ async def serve(config, log, ready=None, stop=None):
         proxy.pool.close()
         resolver.close()
         log.flush()
+
+
+async def _close_idle_tunnels(proxy, idle_timeout):
+    """Close tunnels that moved no byte either way for idle_timeout (checked a few times per timeout)."""
+    period = min(1.0, idle_timeout / 4)
+    while True:
+        await asyncio.sleep(period)
+        now = time.monotonic()
+        for tunnel in [tunnel for tunnel in proxy.tunnels if now - tunnel.relay.last_activity >= idle_timeout]:
+            tunnel.relay.close("idle timeout")
 
 
 async def _drain(proxy, config, log):

@@ -102,3 +102,32 @@ def test_limits_do_not_slow_anything_down_when_unset(start_proxy, echo):
     for thread in threads:
         thread.join(10)
     assert results == [200] * 30
+
+
+def test_idle_tunnels_are_closed_and_busy_ones_kept(start_proxy, echo):
+    proxy = start_proxy(config="idle_timeout: 600ms\n")
+    idle = connect(proxy.address, ECHO)[0]
+    busy = connect(proxy.address, ECHO)[0]
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:
+        busy.sendall(b"ping")
+        assert busy.recv(10) == b"ping"
+        time.sleep(0.15)
+    idle.settimeout(2)
+    assert idle.recv(10) == b""  # closed by the proxy
+    busy.sendall(b"still open")
+    assert busy.recv(20) == b"still open"
+    closes = proxy.records("CANONICAL-PROXY-CN-CLOSE", wait_for=1)
+    assert [record["error"] for record in closes] == ["idle timeout"]
+    for sock in (idle, busy):
+        sock.close()
+
+
+def test_idle_keep_alive_connections_are_closed(start_proxy):
+    proxy = start_proxy(config="idle_timeout: 300ms\n")
+    with socket.create_connection(proxy.address, timeout=5) as sock:
+        sock.sendall(b"GET /healthcheck HTTP/1.1\r\nHost: p\r\n\r\n")
+        assert sock.recv(200).startswith(b"HTTP/1.1 200 OK")
+        started = time.monotonic()
+        assert sock.recv(10) == b""
+        assert time.monotonic() - started < 2
