@@ -51,6 +51,7 @@ ROLE_NOT_DETERMINED = Decision(False, reasons.ROLE_NOT_DETERMINED, code=reasons.
 DESTINATION_NOT_DETERMINED = Decision(False, reasons.DESTINATION_NOT_DETERMINED,
                                       code=reasons.CODE_DESTINATION_NOT_DETERMINED)
 NO_RULE = Decision(False, reasons.NO_RULE_MATCHED, "deny", enforce_would_deny=True, code=reasons.CODE_NO_RULE)
+AUTH_REQUIRED = Decision(False, "Proxy authentication required", code="auth_required")
 
 
 class Rule:

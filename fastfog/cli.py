@@ -74,6 +74,11 @@ def build_parser():
     check.add_argument("file", metavar="FILE")
     serve = commands.add_parser("serve", allow_abbrev=False, help="run the proxy (Smokescreen's flags)")
     add_config_flags(serve)
+    hasher = commands.add_parser(
+        "hash-password", allow_abbrev=False,
+        help="print a proxy_auth users_file line; the password is read from standard input")
+    hasher.add_argument("user")
+    hasher.add_argument("role")
     return parser
 
 
@@ -111,6 +116,24 @@ def serve(args, err=sys.stderr):
     return run(config)
 
 
+def hash_password(user, role, stdin=sys.stdin, out=sys.stdout, err=sys.stderr):
+    """``user:role:hash`` for a users file. The password comes from standard input (a prompt on a
+    terminal), never from the command line, where other users could see it."""
+    import getpass
+
+    from fastfog.roles import hash_password as make_hash
+
+    if ":" in user or "\n" in user + role:
+        print("fastfog hash-password: a user name cannot contain ':'", file=err)
+        return 2
+    password = getpass.getpass("Password: ") if stdin.isatty() else stdin.readline().rstrip("\n")
+    if not password:
+        print("fastfog hash-password: empty password", file=err)
+        return 2
+    print(f"{user}:{role}:{make_hash(password)}", file=out)
+    return 0
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -121,5 +144,7 @@ def main(argv=None):
         return check_config(args.file)
     if args.command == "serve":
         return serve(args)
+    if args.command == "hash-password":
+        return hash_password(args.user, args.role)
     parser.print_usage(sys.stderr)
     return 2

@@ -24,6 +24,7 @@ from types import MappingProxyType
 
 from fastfog.acl import ACTIONS, AclError, load_acl
 from fastfog.classify import parse_address_entry
+from fastfog.roles import ProxyAuth, RoleError
 from fastfog.yamlfile import read_yaml
 
 
@@ -402,7 +403,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 # from their default. Each piece of work that brings a feature removes its keys from here.
 NOT_YET_SUPPORTED = frozenset({
     "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address", "tls",
-    "stats_socket_dir", "workers", "log_format", "role_from_request", "proxy_auth",
+    "stats_socket_dir", "workers", "log_format", "role_from_request",
     "webhook", "admin_socket", "sni_check", "time_connect",
 })
 NEVER_SUPPORTED = {
@@ -464,6 +465,7 @@ class Config:
     # derived
     source: str | None = None  # the config file, if any
     acl: object = None  # fastfog.acl.Acl when acl_file is set
+    auth: object = None  # fastfog.roles.ProxyAuth when proxy_auth is set
 
     @property
     def request_burst(self):
@@ -609,8 +611,15 @@ def build_config(values, source=None):
             acl = load_acl(values["acl_file"], values.get("disabled_acl_policy_actions", ()))
         except AclError as err:
             raise ConfigError(str(err)) from None
+    auth = None
+    if values.get("proxy_auth") is not None:
+        try:
+            auth = ProxyAuth(values["proxy_auth"])
+        except RoleError as err:
+            raise ConfigError(f"{where}: proxy_auth: {err}") from None
     known = {f.name for f in fields(Config)}
-    return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl)
+    return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl,
+                  auth=auth)
 
 
 def load_config(path=None, flags=None):

@@ -178,7 +178,12 @@ class Opening:
             self.done(None, responses.bad_request(str(err)), True)
             return
         upstream_proxy = proxy.header(head.headers, proxy.UPSTREAM_PROXY_HEADER) if self.connect else None
-        role, role_error = proxy.role()
+        role, role_error = proxy.role(head)
+        fields["role"] = role
+        if role_error is proxy.AUTH_REQUIRED:
+            fields["project"] = ""
+            self.done(None, *proxy.auth_required(head, fields))
+            return
         refusal = proxy.limits.admit(role, self.connect)
         if refusal is not None:
             fields["role"], fields["project"] = role, ""

@@ -15,7 +15,7 @@ import time
 from urllib.parse import unquote
 
 from fastfog import forward, logs, responses, sockio
-from fastfog.acl import NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
+from fastfog.acl import AUTH_REQUIRED, NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
 from fastfog.classify import AddressPolicy
 from fastfog.connection import ClientConnection, Opening
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
@@ -243,11 +243,34 @@ class Proxy:
             "trace_id": header_value(head.headers, TRACE_HEADER) or "",
         }
 
-    def role(self):
-        """The client's role. Without TLS client certificates no role can be known yet."""
-        if self.config.allow_missing_role:
+    AUTH_REQUIRED = AUTH_REQUIRED
+
+    def role(self, head):
+        """(role, problem): the client's role, or the Decision that explains why it has none.
+
+        With proxy_auth, from the Proxy-Authorization credentials (AUTH_REQUIRED when they are
+        wrong, or missing without allow_missing_role); otherwise no role can be known yet.
+        """
+        config = self.config
+        if config.auth is not None:
+            header = header_value(head.headers, b"proxy-authorization")
+            if header is None:
+                return ("", None) if config.allow_missing_role else ("", AUTH_REQUIRED)
+            role = config.auth.role_of(header)
+            return (role, None) if role is not None else ("", AUTH_REQUIRED)
+        if config.allow_missing_role:
             return "", None
         return "", ROLE_NOT_DETERMINED
+
+    def auth_required(self, head, fields):
+        """Log and answer missing or wrong credentials: 407 with Proxy-Authenticate. The connection
+        stays open (unless a body is unread) so the client can retry on it with credentials."""
+        version = head.version if head.version == "1.0" else "1.1"
+        close = bool(head.content_length) or head.chunked or not head.keep_alive
+        answer = responses.auth_required(version, self.config.auth.realm, close)
+        self.log.warning(logs.DECISION, {**fields, **self.decision_fields(AUTH_REQUIRED, 0), "status_code": 407,
+                                         "content_length": body_length(answer)})
+        return answer, close
 
     def decide(self, role, role_error, host, port, upstream_proxy):
         acl = self.config.acl
@@ -313,8 +336,10 @@ class Proxy:
             if upstream is None:
                 if answer is None:
                     conn.close()
-                else:
+                elif close:
                     conn.finish(answer)
+                else:
+                    conn.send(answer, lambda: conn.read_head(first=False))
                 return
             if upstream.via is not None:
                 conn.detach()

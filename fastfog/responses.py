@@ -88,3 +88,12 @@ def limited(version, refusal, close):
     """429 or 503 from a rate, concurrency or tunnel limit: come back in a second."""
     return rejection(version, refusal.status, refusal.phrase, refusal.message, code=refusal.code, close=close,
                      headers=[("Retry-After", "1")])
+
+
+AUTH_REQUIRED_MESSAGE = "Proxy authentication required"
+
+
+def auth_required(version, realm, close):
+    """407 asking for Basic credentials, so .NET and Java clients retry with them."""
+    return rejection(version, 407, "Proxy Authentication Required", AUTH_REQUIRED_MESSAGE, code="auth_required",
+                     close=close, headers=[("Proxy-Authenticate", f'Basic realm="{realm}"')])

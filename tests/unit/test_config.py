@@ -1,6 +1,7 @@
 """Config: YAML keys and flags → one validated Config; errors name the source, key and reason."""
 
 import argparse
+import base64
 import subprocess
 import sys
 
@@ -55,7 +56,8 @@ def test_defaults_match_smokescreen():
     assert config.acl is None and config.not_yet_supported() == []
 
 
-def test_every_key_from_yaml(tmp_path):
+def test_every_key_from_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROXY_PASSWORD", "from-the-environment")
     acl = write(tmp_path, ACL, "acl.yaml")
     path = write(tmp_path, f"""
 ip: "::1"
@@ -118,7 +120,8 @@ dns_cache: {{max_entries: 100000, min_ttl: 0s, max_ttl: 300s, negative_ttl: 5s}}
     assert config.acl.decide("a", "example.com", 443).allow
     assert config.source == path
     unsupported = {problem.split(":")[0] for problem in config.not_yet_supported()}
-    assert {"support_proxy_protocol", "webhook", "proxy_auth", "sni_check"} <= unsupported
+    assert {"support_proxy_protocol", "webhook", "sni_check"} <= unsupported
+    assert config.auth.role_of("Basic " + base64.b64encode(b"u:from-the-environment").decode()) == "authed"
     assert "role_limits" not in unsupported and "max_request_rate" not in unsupported
 
 
@@ -290,3 +293,14 @@ def test_check_config_failure(tmp_path):
     assert result.returncode == 1
     assert result.stderr == f"Failed to load config: {path}: bogus_key: unknown key\n"
     assert result.stdout == ""
+
+
+def test_proxy_auth_errors_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTFOG_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=r"config.yaml: proxy_auth: password_env: the environment variable "
+                                          r"FASTFOG_NOT_SET is not set or empty$"):
+        load_config(write(tmp_path, "proxy_auth: {password_env: FASTFOG_NOT_SET}\n"))
+    users = tmp_path / "users"
+    users.write_text("broken line\n")
+    with pytest.raises(ConfigError, match=r"proxy_auth: .*users:1: expected user:role:scrypt"):
+        load_config(write(tmp_path, f"proxy_auth: {{users_file: {users}}}\n"))
