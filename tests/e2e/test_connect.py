@@ -338,3 +338,13 @@ def test_a_client_trickling_its_head_is_dropped_while_others_are_served(start_pr
             pass
     trickler.close()
     assert dropped_after is not None and 0.5 < dropped_after < 3
+
+
+def test_logfmt_records(start_proxy, echo):
+    proxy = start_proxy(config="log_format: logfmt\n")
+    sock, head, _ = connect(proxy.address, ECHO, headers=b"X-Smokescreen-Trace-ID: t 1\r\n")
+    sock.close()
+    assert eventually(lambda: any("msg=CANONICAL-PROXY-CN-CLOSE" in line for line in proxy.lines))
+    decision = next(line for line in proxy.lines if "msg=CANONICAL-PROXY-DECISION" in line)
+    assert decision.startswith("time=") and " level=info " in decision
+    assert " allow=true " in decision and f" requested_host={ECHO} " in decision and ' trace_id="t 1"' in decision
