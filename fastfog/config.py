@@ -24,7 +24,7 @@ from types import MappingProxyType
 
 from fastfog.acl import ACTIONS, AclError, load_acl
 from fastfog.classify import parse_address_entry
-from fastfog.roles import ProxyAuth, RoleError
+from fastfog.roles import ProxyAuth, RoleError, load_plugin
 from fastfog.yamlfile import read_yaml
 
 
@@ -403,7 +403,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 # from their default. Each piece of work that brings a feature removes its keys from here.
 NOT_YET_SUPPORTED = frozenset({
     "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address", "tls",
-    "stats_socket_dir", "workers", "role_from_request",
+    "stats_socket_dir", "workers",
     "webhook", "admin_socket", "sni_check", "time_connect",
 })
 NEVER_SUPPORTED = {
@@ -466,6 +466,7 @@ class Config:
     source: str | None = None  # the config file, if any
     acl: object = None  # fastfog.acl.Acl when acl_file is set
     auth: object = None  # fastfog.roles.ProxyAuth when proxy_auth is set
+    role_plugin: object = None  # the role_from_request callable
 
     @property
     def request_burst(self):
@@ -617,9 +618,18 @@ def build_config(values, source=None):
             auth = ProxyAuth(values["proxy_auth"])
         except RoleError as err:
             raise ConfigError(f"{where}: proxy_auth: {err}") from None
+    plugin = None
+    if values.get("role_from_request") is not None:
+        if auth is not None:
+            raise ConfigError(f"{where}: role_from_request: cannot be combined with proxy_auth: "
+                              "a plugin decides the role on its own (it can read Proxy-Authorization)")
+        try:
+            plugin = load_plugin(values["role_from_request"])
+        except RoleError as err:
+            raise ConfigError(f"{where}: role_from_request: {err}") from None
     known = {f.name for f in fields(Config)}
     return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl,
-                  auth=auth)
+                  auth=auth, role_plugin=plugin)
 
 
 def load_config(path=None, flags=None):

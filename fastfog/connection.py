@@ -178,7 +178,7 @@ class Opening:
             self.done(None, responses.bad_request(str(err)), True)
             return
         upstream_proxy = proxy.header(head.headers, proxy.UPSTREAM_PROXY_HEADER) if self.connect else None
-        role, role_error = proxy.role(head)
+        role, role_error = proxy.role(head, self.conn.address)
         fields["role"] = role
         if role_error is proxy.AUTH_REQUIRED:
             fields["project"] = ""

@@ -21,6 +21,7 @@ from fastfog.connection import ClientConnection, Opening
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
 from fastfog.limits import Limits
 from fastfog.pool import UpstreamPool
+from fastfog.roles import RequestView
 
 READ_SIZE = 65536
 MAX_HEAD_SIZE = 65536
@@ -245,13 +246,15 @@ class Proxy:
 
     AUTH_REQUIRED = AUTH_REQUIRED
 
-    def role(self, head):
+    def role(self, head, address):
         """(role, problem): the client's role, or the Decision that explains why it has none.
 
         With proxy_auth, from the Proxy-Authorization credentials (AUTH_REQUIRED when they are
         wrong, or missing without allow_missing_role); otherwise no role can be known yet.
         """
         config = self.config
+        if config.role_plugin is not None:
+            return self._plugin_role(head, address)
         if config.auth is not None:
             header = header_value(head.headers, b"proxy-authorization")
             if header is None:
@@ -261,6 +264,23 @@ class Proxy:
         if config.allow_missing_role:
             return "", None
         return "", ROLE_NOT_DETERMINED
+
+    def _plugin_role(self, head, client_address):
+        """role_from_request: a str is the role; None is a missing role; raising denies."""
+        view = RequestView(client_address, head.method, head.target,
+                           [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers])
+        try:
+            role = self.config.role_plugin(view)
+        except Exception as err:  # the plugin's own way of saying no
+            self.log.warning("role_from_request refused the request", {"error": f"{type(err).__name__}: {err}"})
+            return "", ROLE_NOT_DETERMINED
+        if role is None:
+            return ("", None) if self.config.allow_missing_role else ("", ROLE_NOT_DETERMINED)
+        if not isinstance(role, str):
+            self.log.error("role_from_request returned something other than a str or None",
+                           {"error": repr(role)[:200]})
+            return "", ROLE_NOT_DETERMINED
+        return role, None
 
     def auth_required(self, head, fields):
         """Log and answer missing or wrong credentials: 407 with Proxy-Authenticate. The connection

@@ -114,3 +114,40 @@ class ProxyAuth:
                 self._verified.clear()
             role = self._verified[digest] = entry[0]
         return role
+
+
+class RequestView:
+    """What a ``role_from_request`` plugin sees of a request.
+
+    ``client_address``: (ip, port) of the client; ``method``, ``target``: from the request
+    line; ``headers``: [(name, value)] as received, as str; ``peer_certificate``: the client
+    certificate as ``ssl.SSLSocket.getpeercert()`` gives it, or None (no TLS, or none sent).
+    """
+
+    __slots__ = ("client_address", "method", "target", "headers", "peer_certificate")
+
+    def __init__(self, client_address, method, target, headers, peer_certificate=None):
+        self.client_address = client_address
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.peer_certificate = peer_certificate
+
+    def header(self, name):
+        """The first header called ``name`` (any case), or None."""
+        name = name.lower()
+        return next((value for key, value in self.headers if key.lower() == name), None)
+
+
+def load_plugin(reference):
+    """``package.module:function`` → the function; RoleError when it cannot be imported."""
+    import importlib
+
+    module_name, _, function_name = reference.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except Exception as err:  # an import error of any kind in the user's module
+        raise RoleError(f"cannot load {reference}: {type(err).__name__}: {err}") from None
+    if not callable(function):
+        raise RoleError(f"{reference} is not callable")
+    return function

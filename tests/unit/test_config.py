@@ -92,7 +92,6 @@ transport_max_idle_conns_per_host: 10
 time_connect: true
 workers: 2
 log_format: logfmt
-role_from_request: mycompany.roles:role_from_request
 proxy_auth: {{password_env: PROXY_PASSWORD, role: authed, realm: fastfog}}
 webhook:
   url: https://hooks.internal.example/fastfog/SECRET
@@ -304,3 +303,14 @@ def test_proxy_auth_errors_name_the_key(tmp_path, monkeypatch):
     users.write_text("broken line\n")
     with pytest.raises(ConfigError, match=r"proxy_auth: .*users:1: expected user:role:scrypt"):
         load_config(write(tmp_path, f"proxy_auth: {{users_file: {users}}}\n"))
+
+
+def test_role_plugins_are_loaded_at_load_time(tmp_path):
+    config = load_config(write(tmp_path, "role_from_request: os.path:basename\n"))
+    assert config.role_plugin("/a/b") == "b"
+    with pytest.raises(ConfigError, match=r"role_from_request: cannot load no_such_module:f: ModuleNotFoundError"):
+        load_config(write(tmp_path, "role_from_request: no_such_module:f\n"))
+    with pytest.raises(ConfigError, match=r"role_from_request: os:sep is not callable"):
+        load_config(write(tmp_path, "role_from_request: os:sep\n"))
+    with pytest.raises(ConfigError, match=r"role_from_request: cannot be combined with proxy_auth"):
+        load_config(write(tmp_path, "role_from_request: os.path:basename\nproxy_auth: {password_env: HOME}\n"))
