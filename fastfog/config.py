@@ -403,7 +403,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 # from their default. Each piece of work that brings a feature removes its keys from here.
 NOT_YET_SUPPORTED = frozenset({
     "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address", "tls",
-    "stats_socket_dir", "workers",
+    "workers",
     "webhook", "admin_socket", "sni_check", "time_connect",
 })
 NEVER_SUPPORTED = {

@@ -15,7 +15,13 @@ import time
 from urllib.parse import unquote
 
 from fastfog import forward, logs, responses, sockio
-from fastfog.acl import AUTH_REQUIRED, NOT_CONFIGURED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
+from fastfog.acl import (
+    AUTH_REQUIRED,
+    NOT_CONFIGURED,
+    ROLE_NOT_DETERMINED,
+    Decision,
+    parse_upstream_proxy,
+)
 from fastfog.classify import AddressPolicy
 from fastfog.connection import ClientConnection, Opening
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head

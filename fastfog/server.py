@@ -14,6 +14,7 @@ import time
 
 import uvloop
 
+from fastfog import stats
 from fastfog.dns import Resolver
 from fastfog.logs import Log
 from fastfog.proxy import Proxy
@@ -113,6 +114,9 @@ async def serve(config, log, ready=None, stop=None):
             loop.add_signal_handler(signum, on_signal, signum)
     loop.add_reader(listener.fileno(), accept_ready)
     sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
+    stats_socket = None
+    if config.stats_socket_dir:
+        stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
     listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     log.info("listening", {"address": listen_text})
     if ready is not None:
@@ -128,6 +132,8 @@ async def serve(config, log, ready=None, stop=None):
         proxy.serving = False
         proxy.close_connections()
         await _drain(proxy, config, log)
+        if stats_socket is not None:
+            stats.stop(*stats_socket)
         proxy.pool.close()
         resolver.close()
         log.flush()

@@ -8,7 +8,6 @@ from fastfog.errors import HeadError
 from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.hostglob import HostGlobSet
-from fastfog.reference.relay import SpliceRelay
 from fastfog.reference.httphead import (
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_HEADERS,
@@ -17,6 +16,7 @@ from fastfog.reference.httphead import (
     parse_request_head,
     parse_response_head,
 )
+from fastfog.reference.relay import SpliceRelay
 
 __all__ = [
     "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",

@@ -1,6 +1,9 @@
-"""Rate, concurrency and tunnel limits through a real ``fastfog serve`` (SPEC 3.5, 5.6)."""
+"""Limits, idle timeouts and the stats socket through a real ``fastfog serve`` (SPEC 3.5, 4.3, 5.6)."""
 
+import json
+import os
 import socket
+import stat
 import threading
 import time
 
@@ -131,3 +134,36 @@ def test_idle_keep_alive_connections_are_closed(start_proxy):
         started = time.monotonic()
         assert sock.recv(10) == b""
         assert time.monotonic() - started < 2
+
+
+def test_stats_socket_lists_open_tunnels(start_proxy, echo, tmp_path):
+    proxy = start_proxy("--stats-socket-dir", str(tmp_path), "--stats-socket-file-mode", "750")
+    path = tmp_path / f"track-{proxy.process.pid}.sock"
+    assert eventually(path.exists)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o750
+    sock = connect(proxy.address, ECHO)[0]
+    sock.sendall(b"12345")
+    assert sock.recv(10) == b"12345"
+
+    def ask(target):
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5)
+            client.connect(str(path))
+            client.sendall(f"GET {target} HTTP/1.1\r\nHost: stats\r\n\r\n".encode())
+            answer = b""
+            while chunk := client.recv(4096):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return head, body
+
+    head, body = ask("/")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    [tunnel] = json.loads(body)
+    assert (tunnel["rhost"], tunnel["raddr"], tunnel["proxyType"]) == (ECHO, ECHO, "connect")
+    assert (tunnel["bytesOut"], tunnel["bytesIn"], tunnel["role"]) == (5, 5, "")
+    assert tunnel["secondsSinceLastActivity"] < 5 and tunnel["created"].endswith("Z")
+    assert ask("/other")[0].startswith(b"HTTP/1.1 404")
+    sock.close()
+    assert eventually(lambda: json.loads(ask("/")[1]) == [])
+    proxy.stop()
+    assert not path.exists()
