@@ -348,3 +348,26 @@ def test_logfmt_records(start_proxy, echo):
     decision = next(line for line in proxy.lines if "msg=CANONICAL-PROXY-DECISION" in line)
     assert decision.startswith("time=") and " level=info " in decision
     assert " allow=true " in decision and f" requested_host={ECHO} " in decision and ' trace_id="t 1"' in decision
+
+
+PORTS_ACL = """
+version: v1
+services: []
+default:
+  action: open
+  allowed_ports: [7, 443]
+"""
+
+
+@pytest.mark.parametrize("target, allowed", [(ECHO, True), (f"{netns.ORIGIN}:9", False), ("origin.test:22", False)])
+def test_allowed_ports(start_proxy, echo, target, allowed):
+    proxy = start_proxy(acl=PORTS_ACL, config="allow_missing_role: true\n")
+    if allowed:
+        sock, head, _ = connect(proxy.address, target)
+        sock.close()
+        assert head.status == 200
+        return
+    answer = exchange(proxy.address, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+    assert answer == deny_bytes(target, "port not allowed in rule", "acl_port")
+    record = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]
+    assert (record["decision_reason"], record["dns_lookup_time_ms"]) == ("port not allowed in rule", 0)
