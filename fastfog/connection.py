@@ -21,12 +21,51 @@ import socket
 import time
 
 from fastfog import responses, sockio
+from fastfog.acl import AUTH_REQUIRED, Decision, parse_upstream_proxy
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
 from fastfog.hotpaths import HeadError, parse_request_head
 
 READ_SIZE = 65536
 MAX_HEAD_SIZE = 65536
+UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
+
+
+def peer_text(address):
+    """Go's form of a socket address: ``ip:port``, ``[v6]:port``."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def header_value(headers, lowercase_name):
+    """The first header called ``lowercase_name`` (any case), as str, or None."""
+    for name, value in headers:
+        if len(name) == len(lowercase_name) and name.lower() == lowercase_name:
+            return value.decode("latin-1")
+    return None
+
+
+class Upstream:
+    """A dialed upstream connection and what the decision record says about it."""
+
+    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role")
+
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role):
+        self.sock, self.decision, self.address, self.via = sock, decision, address, via
+        self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
+        self.port, self.reused, self.role = port, reused, role
+
+
+def _guarded(step):
+    """A loop callback that must never leave its connection hanging: an unexpected error is
+    logged, answered with 500 and the connection closed, and every other client is served on."""
+    def run(self, *args):
+        try:
+            return step(self, *args)
+        except Exception as err:  # a bug: contain it to this one connection
+            self._unexpected(err)
+    run.__name__, run.__doc__ = step.__name__, step.__doc__
+    return run
 
 
 class ClientConnection:
@@ -61,6 +100,13 @@ class ClientConnection:
     def _on_readable(self):
         self._advance(False)
 
+    def _unexpected(self, err):
+        self.proxy.log.error("unexpected error", {"inbound_remote_addr": peer_text(self.address),
+                                                  "error": f"{type(err).__name__}: {err}"})
+        self._stop_waiting()
+        self.finish(responses.internal_error("1.1", f"{type(err).__name__}"))
+
+    @_guarded
     def _advance(self, parse):
         """Parse the buffer when a line may have ended; read what is waiting; else wait."""
         try:
@@ -90,7 +136,7 @@ class ClientConnection:
                 parse = b"\n" in data or len(self.buffer) >= MAX_HEAD_SIZE
         except HeadError as err:
             self._stop_waiting()
-            self.proxy.log.warning("bad request", {"inbound_remote_addr": self.proxy.peer(self.address),
+            self.proxy.log.warning("bad request", {"inbound_remote_addr": peer_text(self.address),
                                                    "error": str(err)})
             self.finish(responses.bad_request(str(err)))
         except OSError:
@@ -99,7 +145,7 @@ class ClientConnection:
     def _head_timed_out(self):
         self._timer = None
         self.proxy.log.info("client did not finish its request in time",
-                            {"inbound_remote_addr": self.proxy.peer(self.address)})
+                            {"inbound_remote_addr": peer_text(self.address)})
         self.close()
 
     def _stop_waiting(self):
@@ -169,6 +215,7 @@ class Opening:
         self.decision = self.via = self.address = self.upstream = self._timer = self.role = None
         self.lookup_ms = 0
 
+    @_guarded
     def start(self):
         proxy, head, fields = self.proxy, self.head, self.fields
         try:
@@ -177,10 +224,10 @@ class Opening:
             proxy.log.warning("bad request", {**fields, "error": str(err)})
             self.done(None, responses.bad_request(str(err)), True)
             return
-        upstream_proxy = proxy.header(head.headers, proxy.UPSTREAM_PROXY_HEADER) if self.connect else None
+        upstream_proxy = header_value(head.headers, UPSTREAM_PROXY_HEADER) if self.connect else None
         role, role_error = proxy.role(head, self.conn.address)
         fields["role"] = role
-        if role_error is proxy.AUTH_REQUIRED:
+        if role_error is AUTH_REQUIRED:
             fields["project"] = ""
             self.done(None, *proxy.auth_required(head, fields))
             return
@@ -200,7 +247,7 @@ class Opening:
         if upstream_proxy:
             # Through another proxy: its address is resolved, classified and dialed; the
             # requested host is that proxy's to resolve.
-            self.via = proxy.parse_upstream_proxy(upstream_proxy)
+            self.via = parse_upstream_proxy(upstream_proxy)
             try:
                 host, self.port = canonical_host(self.via.host), self.via.port
             except (AttributeError, ValueError):
@@ -222,6 +269,7 @@ class Opening:
             return
         proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
 
+    @_guarded
     def _lookup_done(self, task):
         if task.cancelled():
             self._release()
@@ -243,6 +291,7 @@ class Opening:
         self._answer(self.proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, status, message,
                                         self.close))
 
+    @_guarded
     def _resolved(self, addresses):
         proxy = self.proxy
         self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
@@ -275,6 +324,7 @@ class Opening:
         else:
             self._dial_ended(error)
 
+    @_guarded
     def _dialed(self):
         self.proxy.loop.remove_writer(self.upstream.fileno())
         if self._timer is not None:
@@ -283,7 +333,7 @@ class Opening:
 
     def _dial_ended(self, error, reused=False):
         proxy = self.proxy
-        target = proxy.peer((self.address, self.port))
+        target = peer_text((self.address, self.port))
         if error:
             self.upstream.close()
             cause = os.strerror(error).lower()
@@ -296,24 +346,34 @@ class Opening:
             self._release()
             self.done(None, None, True)
             return
-        self.fields["outbound_local_addr"] = proxy.peer(self.upstream.getsockname())
-        self.fields["outbound_remote_addr"] = proxy.peer(self.upstream.getpeername())
+        self.fields["outbound_local_addr"] = peer_text(self.upstream.getsockname())
+        self.fields["outbound_remote_addr"] = peer_text(self.upstream.getpeername())
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
-        upstream = proxy.Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
+        upstream = Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
                                   self.port, reused, self.role)
         self.role = None  # the caller releases it when the request is done
         self.done(upstream, None, False)
 
+    @_guarded
     def _dial_timed_out(self):
         proxy = self.proxy
         proxy.loop.remove_writer(self.upstream.fileno())
         self.upstream.close()
-        message = f"Timed out connecting to remote host: dial tcp {proxy.peer((self.address, self.port))}: i/o timeout"
+        message = f"Timed out connecting to remote host: dial tcp {peer_text((self.address, self.port))}: i/o timeout"
         self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 504, message, self.close))
 
     def _answer(self, answer):
         self._release()
         self.done(None, answer, self.close)
+
+    def _unexpected(self, err):
+        if self.upstream is not None:
+            self.upstream.close()
+        message = f"{type(err).__name__}: {err}"
+        decision = self.decision or Decision(False, "unexpected error")
+        self._release()
+        self.done(None, self.proxy.failure(self.head, self.fields, decision, self.lookup_ms, 500, message, True),
+                  True)
 
     def _release(self):
         """An admitted request that ends here stops counting against the concurrency limit."""

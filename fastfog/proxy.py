@@ -20,10 +20,9 @@ from fastfog.acl import (
     NOT_CONFIGURED,
     ROLE_NOT_DETERMINED,
     Decision,
-    parse_upstream_proxy,
 )
 from fastfog.classify import AddressPolicy
-from fastfog.connection import ClientConnection, Opening
+from fastfog.connection import ClientConnection, Opening, header_value, peer_text
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
 from fastfog.limits import Limits
 from fastfog.pool import UpstreamPool
@@ -99,19 +98,6 @@ class _Deadline:
             self._task.uncancel()
 
 
-def peer_text(address):
-    """Go's form of a socket address: ``ip:port``, ``[v6]:port``."""
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def header_value(headers, lowercase_name):
-    for name, value in headers:
-        if len(name) == len(lowercase_name) and name.lower() == lowercase_name:
-            return value.decode("latin-1")
-    return None
-
-
 def body_length(answer):
     return len(answer) - answer.index(b"\r\n\r\n") - 4
 
@@ -132,25 +118,8 @@ class Tunnel:
         self.address = address
 
 
-class Upstream:
-    """A dialed upstream connection and what the decision record says about it."""
-
-    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role")
-
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role):
-        self.sock, self.decision, self.address, self.via = sock, decision, address, via
-        self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
-        self.port, self.reused, self.role = port, reused, role
-
-
 class Proxy:
     """Serves client connections for one worker: its config, resolver and log."""
-
-    Upstream = Upstream
-    UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
-    header = staticmethod(header_value)
-    peer = staticmethod(peer_text)
-    parse_upstream_proxy = staticmethod(parse_upstream_proxy)
 
     def __init__(self, config, resolver, log, listen_port=None, own_addresses=()):
         self.config = config
@@ -249,8 +218,6 @@ class Proxy:
             "start_time": logs.rfc3339(time.time()),
             "trace_id": header_value(head.headers, TRACE_HEADER) or "",
         }
-
-    AUTH_REQUIRED = AUTH_REQUIRED
 
     def role(self, head, address):
         """(role, problem): the client's role, or the Decision that explains why it has none.

@@ -245,8 +245,8 @@ def test_slow_receiver_keeps_memory_bounded(start_proxy, silent):
             except BlockingIOError:
                 break
     sock.close()
-    # Socket buffers on both legs plus one pipe: a few MiB, never what the client wanted to send.
-    assert sent < 48 << 20
+    # Socket buffers on both legs (autotuned) plus one pipe: bounded, never what the client wanted to send.
+    assert sent < 64 << 20
     status = open(f"/proc/{proxy.process.pid}/status").read()
     rss_kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
     assert rss_kib < 200_000

@@ -20,3 +20,25 @@ def test_embedded_proxy_tunnels_and_denies(in_process_proxy, echo):
     assert [record["allow"] for record in decisions] == [True, False]
     closes = proxy.records("CANONICAL-PROXY-CN-CLOSE", wait_for=1)
     assert closes[0]["bytes_out"] == 10
+
+
+def test_an_unexpected_error_is_a_500_for_that_request_only(in_process_proxy, echo, monkeypatch):
+    from fastfog.classify import AddressPolicy
+
+    proxy = in_process_proxy()
+    original = AddressPolicy.pick
+
+    def pick(self, addresses, port):
+        if port == 9:
+            raise RuntimeError("a bug in one request's path")
+        return original(self, addresses, port)
+
+    monkeypatch.setattr(AddressPolicy, "pick", pick)
+    answer = exchange(proxy.address, f"CONNECT {netns.ORIGIN}:9 HTTP/1.1\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 500 Internal server error\r\n")
+    assert b"An unexpected error occurred: RuntimeError: a bug in one request's path" in answer
+    sock, head, _ = connect(proxy.address, f"{netns.ORIGIN}:7")  # everyone else is served
+    sock.close()
+    assert head.status == 200
+    record = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]
+    assert (record["status_code"], record["level"]) == (500, "error")

@@ -88,7 +88,7 @@ def test_a_receiver_that_never_reads_stops_the_sender(impl):
     async def scenario():
         relay, closed, client, origin = await open_relay(impl)
         chunk, sent = b"z" * 65536, 0
-        for _ in range(2000):
+        for _ in range(4096):  # up to 256 MiB offered; the origin reads nothing
             try:
                 sent += client.send(chunk)
             except BlockingIOError:
@@ -97,7 +97,7 @@ def test_a_receiver_that_never_reads_stops_the_sender(impl):
                     sent += client.send(chunk)
                 except BlockingIOError:
                     break
-        assert sent < 32 << 20
+        assert sent < 64 << 20  # kernel socket buffers (autotuned) and the transport's: bounded
         relay.close("test over")
         await closed
         assert relay.error == "test over"

@@ -122,7 +122,7 @@ def test_slow_receiver_bounds_what_is_held(impl):
         tunnel = Tunnel(impl, loop)
         tunnel.relay.start()
         chunk, sent = b"z" * 65536, 0
-        for _ in range(2000):  # up to 128 MiB offered; the origin reads nothing
+        for _ in range(4096):  # up to 256 MiB offered; the origin reads nothing
             try:
                 sent += tunnel.client.send(chunk)
             except BlockingIOError:
@@ -131,7 +131,8 @@ def test_slow_receiver_bounds_what_is_held(impl):
                     sent += tunnel.client.send(chunk)
                 except BlockingIOError:
                     break
-        assert sent < 32 << 20  # kernel socket buffers and one pipe, not what the client offered
+        # Kernel socket buffers (autotuned, several MiB each) and one pipe: bounded, whatever is offered.
+        assert sent < 64 << 20
         assert tunnel.relay.bytes_out <= sent
         tunnel.relay.close()
         await tunnel.closed
