@@ -314,3 +314,20 @@ def test_role_plugins_are_loaded_at_load_time(tmp_path):
         load_config(write(tmp_path, "role_from_request: os:sep\n"))
     with pytest.raises(ConfigError, match=r"role_from_request: cannot be combined with proxy_auth"):
         load_config(write(tmp_path, "role_from_request: os.path:basename\nproxy_auth: {password_env: HOME}\n"))
+
+
+def test_serve_refuses_what_it_cannot_do_yet(tmp_path):
+    """No silent no-ops: a setting for a feature that is not built stops serve at start-up."""
+    path = write(tmp_path, "webhook: {url: 'https://hooks.example/x'}\nsni_check: enforce\n")
+    result = subprocess.run([sys.executable, "-m", "fastfog", "serve", "--config-file", path], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Could not create configuration: webhook: not supported yet")
+    assert "sni_check: not supported yet" in result.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastfog", "serve", "--listen-port", "x"], capture_output=True,
+                         text=True, timeout=60)
+    assert (bad.returncode, bad.stderr) == (1, "Could not create configuration: --listen-port: expected an integer, "
+                                               "got 'x'\n")
+    extra = subprocess.run([sys.executable, "-m", "fastfog", "serve", "unexpected"], capture_output=True, text=True,
+                           timeout=60)
+    assert extra.returncode == 2 and "unrecognized arguments: unexpected" in extra.stderr
