@@ -39,6 +39,10 @@ class UpstreamBroken(Exception):
     """The upstream sent something that is not HTTP, or went away mid-response."""
 
 
+class ForwardTimeout(Exception):
+    """read_timeout or write_timeout passed while forwarding a request."""
+
+
 class NoResponse(UpstreamBroken):
     """The upstream closed without a byte of response: on a reused connection, safe to retry."""
 
@@ -495,10 +499,11 @@ class Proxy:
                 return not close
             try:
                 return await self._exchange(conn, head, fields, upstream)
-            except (NoResponse, ConnectionError) as err:
+            except NoResponse as err:
                 self.limits.release(upstream.role)
                 # A pooled connection the server had closed: once more on a new one, if the
-                # request can be sent again (its body, if any, is gone).
+                # request can be sent again (its body, if any, is gone). Failures on the client's
+                # side are never retried.
                 upstream.sock.close()
                 if not (upstream.reused and replayable):
                     raise UpstreamBroken(str(err)) from None
@@ -509,29 +514,51 @@ class Proxy:
         stale = False
         try:
             return await self._exchange_once(conn, head, fields, upstream)
-        except (NoResponse, ConnectionError):
+        except NoResponse:
             stale = True  # released by the caller, which may try again
+            raise
+        except ConnectionError:  # the client went away: nothing to answer, nothing to retry
+            upstream.sock.close()
             raise
         finally:
             if not stale:
                 self.limits.release(upstream.role)
 
+    async def _within(self, seconds, awaitable, what):
+        """Await ``awaitable`` for at most ``seconds`` (0: no limit); ForwardTimeout(what) after that."""
+        deadline = _Deadline(self.loop, seconds)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            deadline.clear(cancelled=True)
+            if deadline.expired:
+                raise ForwardTimeout(what) from None
+            raise
+        finally:
+            deadline.clear()
+
+    async def _send_request(self, conn, head, upstream):
+        try:
+            await sockio.sendall(self.loop, upstream.sock, forward.upstream_request(head))
+        except ConnectionError as err:  # before any of the request got through: safe to retry
+            raise NoResponse(f"connection closed before the request: {err}") from None
+        await self._relay_body(conn.sock, upstream.sock, conn.buffer, forward.request_body(head),
+                               ConnectionError("client closed in the middle of its request body"))
+
     async def _exchange_once(self, conn, head, fields, upstream):
         sock = conn.sock
         try:
-            await sockio.sendall(self.loop, upstream.sock, forward.upstream_request(head))
-            await self._relay_body(sock, upstream.sock, conn.buffer, forward.request_body(head),
-                                   ConnectionError("client closed in the middle of its request body"))
+            try:
+                await self._within(self.config.read_timeout, self._send_request(conn, head, upstream),
+                                   "reading the request")
+                answer = await self._within(self.config.write_timeout,
+                                            self._relay_response(sock, upstream.sock, head), "writing the response")
+            except ForwardTimeout as err:
+                upstream.sock.close()
+                self.log.warning("forwarded request timed out", {**fields, "error": f"{err} took too long"})
+                return False
         except ConnectionError:
             raise
-        except OSError as err:  # the upstream went away while taking the request
-            upstream.sock.close()
-            await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
-                                                     f"Failed to send request to remote host: {err.strerror or err}",
-                                                     True))
-            return False
-        try:
-            response, keep_alive, reusable = await self._relay_response(sock, upstream.sock, head)
         except NoResponse:
             raise
         except UpstreamBroken as err:
@@ -539,6 +566,13 @@ class Proxy:
             await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
                                                      f"Failed to read response from remote host: {err}", True))
             return False
+        except OSError as err:  # the upstream went away while taking the request
+            upstream.sock.close()
+            await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
+                                                     f"Failed to send request to remote host: {err.strerror or err}",
+                                                     True))
+            return False
+        response, keep_alive, reusable = answer
         if reusable:
             self.pool.give(upstream.address, upstream.port, upstream.sock)
         else:

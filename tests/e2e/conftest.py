@@ -268,6 +268,9 @@ class HttpOrigin:
                     self.requests.append(request)
                     for outgoing in self._respond(request):
                         writer.write(conn.send(outgoing) or b"")
+                        if isinstance(outgoing, h11.Data) and request["target"] == "/slow":
+                            await writer.drain()
+                            await asyncio.sleep(2)  # a response that trickles
                     await writer.drain()
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         break
@@ -291,6 +294,9 @@ class HttpOrigin:
         if path == "/close":
             return [h11.Response(status_code=200, headers=[("Connection", "close")]),
                     h11.Data(data=b"until the end"), h11.EndOfMessage()]
+        if path == "/slow":
+            return [h11.Response(status_code=200, headers=[("Content-Length", "10")]), h11.Data(data=b"12345"),
+                    h11.Data(data=b"67890"), h11.EndOfMessage()]
         if path == "/empty":
             return [h11.Response(status_code=204, headers=[]), h11.EndOfMessage()]
         body = request["body"] if path == "/echo" else b"hello from the origin"

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 from .client import eventually, exchange, read_head, read_until_closed
@@ -213,3 +214,34 @@ def test_http10_requests_are_not_pooled(start_proxy, http_origin):
             sock.sendall(request(f"http://{ORIGIN}/hello", version="1.0"))
             assert read_response(sock)[0].status == 200
     assert http_origin.connections == 2
+
+
+def test_read_timeout_bounds_a_trickled_request_body(start_proxy, http_origin):
+    proxy = start_proxy(config="read_timeout: 400ms\n")
+    with socket.create_connection(proxy.address, timeout=5) as sock:
+        sock.sendall(f"POST http://{ORIGIN}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc".encode())
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed: the body never completed in time
+        assert time.monotonic() - started < 3
+    assert eventually(lambda: any("forwarded request timed out" in line for line in proxy.lines))
+
+
+def test_write_timeout_bounds_a_slow_response(start_proxy, http_origin):
+    proxy = start_proxy(config="write_timeout: 500ms\n")
+    with socket.create_connection(proxy.address, timeout=5) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/slow"))
+        head, rest = read_head(sock)
+        assert head.status == 200 and head.content_length == 10
+        assert read_until_closed(sock, rest) == b"12345"  # cut off at the deadline
+
+
+def test_a_client_that_hangs_up_mid_response_is_not_retried(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=5) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/hello"))
+        assert read_response(sock)[0].status == 200
+    with socket.create_connection(proxy.address, timeout=5) as sock:  # the pooled connection is reused...
+        sock.sendall(request(f"http://{ORIGIN}/slow", method="DELETE"))
+        read_head(sock)  # ...and the client leaves before the body ends
+    time.sleep(2.5)
+    assert [entry["method"] for entry in http_origin.requests] == ["GET", "DELETE"]
