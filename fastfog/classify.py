@@ -165,10 +165,6 @@ class Host(NamedTuple):
     name: str  # lowercase name without trailing dots, or canonical address text
     address: bytes | None  # packed address when the host is an address literal
 
-    @property
-    def is_ipv6(self):
-        return self.address is not None and len(self.address) == 16
-
 
 def _is_number_label(label):
     if label[:2] in ("0x", "0X"):

@@ -468,13 +468,6 @@ class Config:
     auth: object = None  # fastfog.roles.ProxyAuth when proxy_auth is set
     role_plugin: object = None  # the role_from_request callable
 
-    @property
-    def request_burst(self):
-        """The token bucket's size: max_request_burst, or twice the rate (Smokescreen's default)."""
-        if self.max_request_burst is not None:
-            return self.max_request_burst
-        return int(self.max_request_rate * 2)
-
     def not_yet_supported(self):
         """Keys set to something the proxy cannot do yet, each with why: serve refuses these."""
         problems = []

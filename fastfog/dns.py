@@ -61,7 +61,6 @@ class Resolver:
         # Two tries (a lost UDP packet is retried); wait_for below holds the overall limit.
         self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None, loop=self._loop,
                                             timeout=timeout, tries=2)
-        self.queries_sent = 0
 
     def close(self):
         self._resolver.cancel()
@@ -91,7 +90,6 @@ class Resolver:
         return await asyncio.shield(pending)
 
     async def _lookup(self, name):
-        self.queries_sent += 1
         queries = [self._resolver.query_dns(name, query_type) for query_type in self._types]
         try:
             results = await asyncio.wait_for(asyncio.gather(*queries, return_exceptions=True), self._timeout)

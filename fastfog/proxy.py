@@ -22,14 +22,18 @@ from fastfog.acl import (
     Decision,
 )
 from fastfog.classify import AddressPolicy
-from fastfog.connection import ClientConnection, Opening, header_value, peer_text
+from fastfog.connection import (
+    READ_SIZE,
+    ClientConnection,
+    Opening,
+    header_value,
+    peer_text,
+)
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
 from fastfog.limits import Limits
 from fastfog.pool import UpstreamPool
 from fastfog.roles import RequestView
 
-READ_SIZE = 65536
-MAX_HEAD_SIZE = 65536
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
 TRACE_HEADER = b"x-smokescreen-trace-id"
@@ -109,17 +113,15 @@ def body_length(answer):
 class Tunnel:
     """An open CONNECT tunnel: its relay and what its close record reports."""
 
-    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "host", "address", "active_at_termination")
+    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "active_at_termination")
 
-    def __init__(self, fields, started, role, host, address):
+    def __init__(self, fields, started, role):
         self.relay = None
         self.active_at_termination = False
         self.fields = fields
         self.started = started
         self.proxy_type = "connect"
         self.role = role
-        self.host = host
-        self.address = address
 
 
 class Proxy:
@@ -213,13 +215,13 @@ class Proxy:
 
     # --- decisions and their answers ----------------------------------------------------------
 
-    def request_fields(self, address, proxy_type, head):
+    def request_fields(self, address, proxy_type, head, started=None):
         return {
             "id": self.ids.next(),
             "inbound_remote_addr": peer_text(address),
             "proxy_type": proxy_type,
             "requested_host": head.authority,
-            "start_time": logs.rfc3339(time.time()),
+            "start_time": logs.rfc3339(started or time.time()),
             "trace_id": header_value(head.headers, TRACE_HEADER) or "",
         }
 
@@ -326,8 +328,8 @@ class Proxy:
     # --- CONNECT -------------------------------------------------------------------------
 
     def _connect(self, conn, head):
-        started = time.time()
-        fields = self.request_fields(conn.address, "connect", head)
+        started = time.time()  # one reading: the record's start_time and the tunnel's duration
+        fields = self.request_fields(conn.address, "connect", head, started)
 
         def opened(upstream, answer, close):
             if upstream is None:
@@ -357,7 +359,7 @@ class Proxy:
     def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
         self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
                                       "conn_establish_time_ms": upstream.connect_ms})
-        tunnel = Tunnel(fields, started, fields["role"], head.host, upstream.address)
+        tunnel = Tunnel(fields, started, fields["role"])
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
         first_bytes = bytes(conn.buffer)

@@ -10,6 +10,7 @@ import trustme
 
 from fastfog.cli import add_config_flags, flags_from_args
 from fastfog.config import Config, ConfigError, format_duration, load_config, parse_duration
+from fastfog.limits import Limits
 
 ACL = "version: v1\nservices:\n  - {name: a, action: enforce, allowed_domains: [example.com]}\n"
 
@@ -110,7 +111,7 @@ dns_cache: {{max_entries: 100000, min_ttl: 0s, max_ttl: 300s, negative_ttl: 5s}}
     assert config.allow_addresses == ("[2001:db8::1]:443", "198.51.100.7")
     assert config.resolver_addresses == ("127.0.0.53:53", "[::1]:5353")
     assert config.stats_socket_file_mode == 0o750
-    assert (config.max_request_rate, config.request_burst) == (100.5, 300)
+    assert (config.max_request_rate, Limits(config).proxy.bucket.burst) == (100.5, 300)
     assert (config.network, config.idle_timeout, config.exit_timeout) == ("ip4", 60.0, 30.0)
     assert config.webhook["access_request"]["cache_ttl"] == 60.0
     assert config.webhook["events"] == ("ping", "connection-stop")
@@ -199,7 +200,7 @@ def test_flags_override_and_append(tmp_path):
     assert (config.port, config.ip, config.connect_timeout) == (6000, "::1", 60.0)
     assert config.deny_ranges == ("10.0.0.0/8", "192.168.0.0/16", "172.16.0.0/12")
     assert config.support_proxy_protocol and config.disabled_acl_policy_actions == ("open",)
-    assert (config.max_request_rate, config.request_burst) == (5.0, 11)
+    assert (config.max_request_rate, Limits(config).proxy.bucket.burst) == (5.0, 11)
     assert config.acl is not None
 
 
