@@ -10,10 +10,12 @@ own Python, called from here, so they are written once.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeLatin1
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, strlen
+
+import os
 
 from fastfog.errors import HeadError
 from fastfog.reference.cidr import compile_ranges
@@ -34,3 +36,4 @@ include "hot/cidr.pxi"
 include "hot/hostglob.pxi"
 include "hot/relay.pxi"
 include "hot/buffered.pxi"
+include "hot/record.pxi"

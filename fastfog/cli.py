@@ -74,6 +74,12 @@ def build_parser():
     check.add_argument("file", metavar="FILE")
     serve = commands.add_parser("serve", allow_abbrev=False, help="run the proxy (Smokescreen's flags)")
     add_config_flags(serve)
+    bench = commands.add_parser(
+        "bench", allow_abbrev=False,
+        help="measure fastfog against a direct connection (in a private network namespace as root)")
+    from fastfog.bench.run import add_arguments
+
+    add_arguments(bench)
     hasher = commands.add_parser(
         "hash-password", allow_abbrev=False,
         help="print a proxy_auth users_file line; the password is read from standard input")
@@ -144,6 +150,10 @@ def main(argv=None):
         return check_config(args.file)
     if args.command == "serve":
         return serve(args)
+    if args.command == "bench":
+        from fastfog.bench.run import main as bench
+
+        return bench(args)
     if args.command == "hash-password":
         return hash_password(args.user, args.role)
     parser.print_usage(sys.stderr)

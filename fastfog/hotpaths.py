@@ -33,9 +33,11 @@ DEFAULT_MAX_HEADERS = _implementation.DEFAULT_MAX_HEADERS
 BufferedRelay = _implementation.BufferedRelay
 CidrTable = _implementation.CidrTable
 HostGlobSet = _implementation.HostGlobSet
+IdSource = _implementation.IdSource
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
 SpliceRelay = _implementation.SpliceRelay
+json_line = _implementation.json_line
 parse_request_head = _implementation.parse_request_head
 parse_response_head = _implementation.parse_response_head
 
@@ -43,8 +45,8 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 
 __all__ = [
     "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
-    "HostGlobSet", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "parse_request_head",
-    "parse_response_head",
+    "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "json_line",
+    "parse_request_head", "parse_response_head",
 ]
 
 

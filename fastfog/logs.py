@@ -1,20 +1,23 @@
 """Log records: Smokescreen's JSON lines (``level``, ``msg``, ``time`` and fields), or logfmt.
 
-Records are formatted when emitted and written once per event-loop iteration
-in one ``write``, so a burst of connections costs one system call, not one
+JSON records are formatted by a compiled hot path (fastfog/hot/record.pxi),
+when emitted, and written once per event-loop iteration in one ``write``, so a burst of connections costs one system call, not one
 per record. Field names and record names (CANONICAL-PROXY-DECISION,
 CANONICAL-PROXY-CN-CLOSE) are Smokescreen's, so existing log pipelines keep
 working.
 """
 
-import base64
 import json
 import os
 import sys
 import time
 
+from fastfog import hotpaths
+
 DECISION = "CANONICAL-PROXY-DECISION"
 CONNECTION_CLOSE = "CANONICAL-PROXY-CN-CLOSE"
+
+IdSource = hotpaths.IdSource  # connection ids: see fastfog.reference.record
 
 
 _second_cache = [None, ""]
@@ -34,22 +37,6 @@ def rfc3339(timestamp):
     return text + "Z"
 
 
-class IdSource:
-    """Connection ids shaped like the xids Smokescreen logs: 20 characters, sortable by time.
-
-    12 bytes (4 of time, 5 of per-process randomness, 3 of a counter) in lowercase base32hex.
-    """
-
-    def __init__(self):
-        self._machine = os.urandom(5)
-        self._counter = int.from_bytes(os.urandom(3), "big")
-
-    def next(self):
-        self._counter = (self._counter + 1) & 0xFFFFFF
-        raw = int(time.time()).to_bytes(4, "big") + self._machine + self._counter.to_bytes(3, "big")
-        return base64.b32hexencode(raw)[:20].decode("ascii").lower()
-
-
 def _logfmt_value(value):
     if value is None:
         return '""'
@@ -66,7 +53,7 @@ class Log:
 
     def __init__(self, fmt="json", fd=None, loop=None):
         self._fd = sys.stderr.fileno() if fd is None else fd
-        self._format = self._json if fmt == "json" else self._logfmt
+        self._format = hotpaths.json_line if fmt == "json" else self._logfmt
         self._pending = []
         self._loop = loop
 
@@ -74,21 +61,15 @@ class Log:
         """Batch writes on ``loop`` from now on (before that, each record is written at once)."""
         self._loop = loop
 
-    _encoder = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)  # one, not one per record
-
-    @classmethod
-    def _json(cls, record):
-        return cls._encoder.encode(record)
-
     @staticmethod
-    def _logfmt(record):
-        head = [f"time={record.pop('time')}", f"level={record.pop('level')}", f"msg={_logfmt_value(record.pop('msg'))}"]
-        return " ".join(head + [f"{key}={_logfmt_value(record[key])}" for key in sorted(record)])
+    def _logfmt(fields, level, msg, time):
+        head = [f"time={time}", f"level={level}", f"msg={_logfmt_value(msg)}"]
+        text = " ".join(head + [f"{key}={_logfmt_value(fields[key])}" for key in sorted(fields)
+                                if key not in ("time", "level", "msg")])
+        return (text + "\n").encode("utf-8", "replace")
 
     def emit(self, level, msg, fields=None):
-        record = dict(fields) if fields else {}
-        record["level"], record["msg"], record["time"] = level, msg, rfc3339(time.time())
-        line = self._format(record) + "\n"
+        line = self._format(fields if fields else {}, level, msg, rfc3339(time.time()))
         if self._loop is None:
             self._write(line)
             return
@@ -108,10 +89,9 @@ class Log:
     def flush(self):
         if self._pending:
             lines, self._pending = self._pending, []
-            self._write("".join(lines))
+            self._write(b"".join(lines))
 
-    def _write(self, text):
-        data = text.encode("utf-8", "replace")
+    def _write(self, data):
         while data:
             try:
                 written = os.write(self._fd, data)

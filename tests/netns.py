@@ -1,17 +1,12 @@
-"""The private network the tests run in: a network namespace of their own.
+"""The tests' private network: a namespace of their own with the test hosts on ``lo``.
 
-At start-up the test process (as root) unshares its network namespace, brings
-``lo`` up and puts the test hosts on documentation addresses there. Nothing it
-or its children send can leave the namespace, so a deny test that goes wrong
-cannot reach a real address. Where namespaces are unavailable (not root), the
-end-to-end tests are skipped, except under CI, where that is an error.
+At start-up the test process (as root) enters it (see fastfog.bench.netns).
+Nothing it or its children send can leave the namespace, so a deny test that
+goes wrong cannot reach a real address. Where namespaces are unavailable (not
+root), the end-to-end tests are skipped, except under CI, where that is an error.
 """
 
-import ctypes
-import os
-import subprocess
-
-CLONE_NEWNET = 0x40000000
+from fastfog.bench import netns as namespace
 
 PROXY = "203.0.113.1"
 PROXY6 = "2001:db8::1"
@@ -28,18 +23,7 @@ unavailable_reason = None
 
 
 def enter():
-    """Move this process into a new network namespace with the test hosts; False if not possible."""
+    """Enter the tests' namespace; False (with ``unavailable_reason``) if not possible."""
     global unavailable_reason
-    if os.environ.get("FASTFOG_TEST_NETNS") == str(os.getpid()):
-        return True
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        unavailable_reason = f"cannot create a network namespace: {os.strerror(ctypes.get_errno())}"
-        return False
-    commands = [["ip", "link", "set", "lo", "up"]]
-    commands += [["ip", "addr", "add", f"{address}/32", "dev", "lo"] for address in ADDRESSES]
-    commands += [["ip", "-6", "addr", "add", f"{address}/128", "dev", "lo", "nodad"] for address in ADDRESSES6]
-    for command in commands:
-        subprocess.run(command, check=True, capture_output=True)
-    os.environ["FASTFOG_TEST_NETNS"] = str(os.getpid())
-    return True
+    unavailable_reason = namespace.enter(ADDRESSES, ADDRESSES6)
+    return unavailable_reason is None

@@ -1,8 +1,8 @@
-# Relaying a tunnel between two plaintext TCP sockets with splice(2).
+# Relaying a tunnel between two plaintext TCP sockets: copy, then splice(2).
 #
 # The same machine as fastfog/reference/relay.py, whose docstring describes it;
 # here each readable or writable event is one call into C that moves the
-# bytes with splice/send/shutdown system calls and touches Python only to
+# bytes with recv/send/splice/shutdown system calls and touches Python only to
 # (un)register loop callbacks and to close.
 
 from libc.errno cimport EAGAIN, EINTR, errno
@@ -25,6 +25,7 @@ cdef extern from "<unistd.h>":
     int close(int fd) nogil
 
 cdef extern from "<sys/socket.h>":
+    ssize_t recv(int fd, void *buf, size_t length, int flags) nogil
     ssize_t send(int fd, const void *buf, size_t length, int flags) nogil
     int c_shutdown "shutdown"(int fd, int how) nogil
     enum:
@@ -39,6 +40,11 @@ cdef enum:
     RELAY_PIPE_SIZE = 1 << 20
     RELAY_BULK = 1 << 20
     RELAY_BUDGET = 16 << 20
+    RELAY_COPY_LIMIT = 64 << 10
+    RELAY_COPY_CHUNK = 64 << 10
+
+# Copied bytes pass through here: the loop runs one callback at a time, so one buffer serves all.
+cdef char relay_scratch[RELAY_COPY_CHUNK]
 
 cdef unsigned int RELAY_FLAGS = SPLICE_F_NONBLOCK | SPLICE_F_MOVE
 cdef bytes LINGER_RESET = _struct.pack("ii", 1, 0)
@@ -51,7 +57,7 @@ cdef inline double _monotonic() noexcept nogil:
 
 
 cdef class _SpliceDirection:
-    """One way through the tunnel: src socket → pipe → dst socket."""
+    """One way through the tunnel: src socket → (user space, later a pipe) → dst socket."""
     cdef SpliceRelay relay
     cdef object src
     cdef object dst
@@ -78,10 +84,41 @@ cdef class _SpliceDirection:
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.pending = pending
+        return 0
+
+    cdef int open_pipe(self) noexcept:
+        """The direction has outgrown copying: from now on, splice. 0, or -errno."""
+        cdef int fds[2]
         if pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0:
-            raise OSError(errno, strerror(errno).decode())
+            return -errno
         self.pipe_r, self.pipe_w = fds[0], fds[1]
         return 0
+
+    cdef ssize_t copy(self) noexcept:
+        """One recv into the scratch buffer, sent on at once; what dst does not take waits in
+        ``pending``. Bytes received (0 at end of stream), or -errno (-EAGAIN: nothing to read)."""
+        cdef ssize_t received, sent, n
+        while True:
+            received = recv(self.src_fd, relay_scratch, RELAY_COPY_CHUNK, 0)
+            if received >= 0:
+                break
+            if errno != EINTR:
+                return -errno
+        sent = 0
+        while sent < received:
+            n = send(self.dst_fd, relay_scratch + sent, received - sent, MSG_NOSIGNAL)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                if errno != EAGAIN:
+                    return -errno
+                break
+            sent += n
+        self.moved += sent
+        if sent < received:
+            self.pending = PyBytes_FromStringAndSize(relay_scratch + sent, received - sent)
+            self.pending_sent = 0
+        return received
 
     cdef int drain(self) noexcept:
         """Move pending bytes, then the pipe, into dst: 1 done, 0 dst full, -errno on error."""
@@ -113,21 +150,34 @@ cdef class _SpliceDirection:
         cdef long long budget = RELAY_BUDGET
         cdef int drained
         while budget > 0:
-            received = splice(self.src_fd, NULL, self.pipe_w, NULL, SPLICE_CHUNK, RELAY_FLAGS)
-            if received < 0:
-                if errno == EINTR:
-                    continue
-                if errno == EAGAIN:
+            if self.pipe_r < 0 and self.moved < RELAY_COPY_LIMIT:
+                received = self.copy()
+                if received == -EAGAIN:
                     break
-                relay.abort(errno)
-                return
+                if received < 0:
+                    relay.abort(-received)
+                    return
+            else:
+                if self.pipe_r < 0:
+                    drained = self.open_pipe()
+                    if drained < 0:
+                        relay.abort(-drained)
+                        return
+                received = splice(self.src_fd, NULL, self.pipe_w, NULL, SPLICE_CHUNK, RELAY_FLAGS)
+                if received < 0:
+                    if errno == EINTR:
+                        continue
+                    if errno == EAGAIN:
+                        break
+                    relay.abort(errno)
+                    return
+                self.in_pipe += received
             if received == 0:
                 self.eof = True
                 relay.stop_reading(self)
                 break
-            self.in_pipe += received
             budget -= received
-            if not self.grown and self.moved >= RELAY_BULK:
+            if not self.grown and self.pipe_w >= 0 and self.moved >= RELAY_BULK:
                 self.grown = True
                 fcntl(self.pipe_w, F_SETPIPE_SZ, <int>RELAY_PIPE_SIZE)
             drained = self.drain()

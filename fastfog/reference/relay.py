@@ -1,10 +1,14 @@
 """Relaying a tunnel between two plaintext TCP sockets with splice(2), in pure Python.
 
-Bytes go socket → pipe → socket inside the kernel and never enter user space.
-Each direction has its own non-blocking pipe and is driven by the event loop's
+Most tunnels a webhook sender opens carry a few kilobytes each way, so each
+direction starts by copying: one recv, sent on at once, through user space.
+Once a direction has moved COPY_LIMIT bytes it is bulk: it takes a
+non-blocking pipe of its own and from then on bytes go socket → pipe → socket
+inside the kernel, never entering user space. Small tunnels never pay for the
+pipes; large ones pay once. Each direction is driven by the event loop's
 reader and writer callbacks on the raw sockets:
 
-- readable source: splice it into the pipe, then the pipe into the destination;
+- readable source: copy it (or splice it into the pipe, then the pipe) into the destination;
 - destination full (EAGAIN with bytes left in the pipe): stop reading the source
   and wait for the destination to become writable; the pipe's capacity bounds
   what one direction can hold, however slow its receiver;
@@ -30,6 +34,8 @@ PIPE_SIZE = 1 << 20  # a direction that has moved BULK bytes gets a pipe this la
 BULK = 1 << 20
 _F_SETPIPE_SZ = 1031
 _BUDGET = 16 << 20  # bytes moved per callback before yielding to other connections
+COPY_LIMIT = 64 << 10  # bytes a direction copies before it switches to splice
+COPY_CHUNK = 64 << 10
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -42,7 +48,7 @@ def _grow_pipe(write_end):
 
 
 class _Direction:
-    """One way through the tunnel: src socket → pipe → dst socket."""
+    """One way through the tunnel: src socket → (user space, later a pipe) → dst socket."""
 
     __slots__ = ("relay", "src", "dst", "pipe_r", "pipe_w", "in_pipe", "pending", "eof", "done",
                  "reading", "writing", "moved", "grown")
@@ -50,7 +56,7 @@ class _Direction:
     def __init__(self, relay, src, dst, pending):
         self.relay = relay
         self.src, self.dst = src, dst
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pipe_r = self.pipe_w = None  # opened when the direction outgrows copying
         self.grown = False
         self.in_pipe = 0
         self.pending = pending  # user-space bytes to send before the pipe (first_bytes)
@@ -78,16 +84,15 @@ class _Direction:
         try:
             while budget > 0:
                 try:
-                    received = os.splice(self.src.fileno(), self.pipe_w, CHUNK, flags=SPLICE_FLAGS)
+                    received = self._copy() if self.pipe_r is None and self.moved < COPY_LIMIT else self._splice()
                 except BlockingIOError:
                     break
                 if received == 0:
                     self.eof = True
                     relay._stop_reading(self)
                     break
-                self.in_pipe += received
                 budget -= received
-                if not self.grown and self.moved >= BULK:
+                if not self.grown and self.pipe_w is not None and self.moved >= BULK:
                     self.grown = True
                     _grow_pipe(self.pipe_w)
                 try:
@@ -100,6 +105,18 @@ class _Direction:
             self._maybe_finish()
         except OSError as err:
             relay._abort(err)
+
+    def _copy(self):
+        data = self.src.recv(COPY_CHUNK)
+        self.pending = data  # drain() sends it on
+        return len(data)
+
+    def _splice(self):
+        if self.pipe_r is None:
+            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        received = os.splice(self.src.fileno(), self.pipe_w, CHUNK, flags=SPLICE_FLAGS)
+        self.in_pipe += received
+        return received
 
     def on_writable(self):
         relay = self.relay
@@ -127,10 +144,9 @@ class _Direction:
 
     def close_pipe(self):
         for fd in (self.pipe_r, self.pipe_w):
-            try:
+            if fd is not None:
                 os.close(fd)
-            except OSError:
-                pass
+        self.pipe_r = self.pipe_w = None
 
 
 class SpliceRelay:

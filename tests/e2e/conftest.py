@@ -168,7 +168,7 @@ class ProxyProcess:
         for raw in self.process.stderr:
             line = raw.decode("utf-8", "replace")
             self.lines.append(line)
-            if '"msg": "listening"' in line or " msg=listening " in line:
+            if '"msg":"listening"' in line or " msg=listening " in line:
                 self._listening.set()
 
     def records(self, msg=None, wait_for=0, timeout=5):

@@ -90,7 +90,7 @@ def stub_api():
 def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
-                        "BufferedRelay", "parse_request_head", "parse_response_head"}
+                        "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -100,6 +100,7 @@ def test_type_stubs_describe_both_implementations(impl):
         "HostGlobSet": impl.HostGlobSet([]),
         "SpliceRelay": impl.SpliceRelay(loop, client, upstream, lambda relay: None),
         "BufferedRelay": impl.BufferedRelay(loop, lambda relay: None),
+        "IdSource": impl.IdSource(),
     }
     samples["SpliceRelay"].close()
     loop.close()

@@ -66,6 +66,50 @@ def test_both_directions_counts_and_first_bytes(impl):
     run(scenario())
 
 
+def open_pipes():
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except FileNotFoundError:  # the descriptor listdir itself used
+            pass
+    return count
+
+
+def test_small_tunnels_copy_and_bulk_directions_switch_to_pipes(impl):
+    """A webhook-sized exchange never opens a pipe; a direction that moves more takes one, only
+    that direction, and the bytes stay intact across the switch."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        baseline = open_pipes()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.start()
+        await loop.sock_sendall(tunnel.client, b"q" * 200)
+        received = b""
+        while len(received) < 200:
+            received += await loop.sock_recv(tunnel.origin, 1000)
+        await loop.sock_sendall(tunnel.origin, b"r" * 1024)
+        reply = b""
+        while len(reply) < 1024:
+            reply += await loop.sock_recv(tunnel.client, 2000)
+        assert open_pipes() == baseline
+        bulk = os.urandom(1 << 20)
+        sending = loop.create_task(loop.sock_sendall(tunnel.origin, bulk))
+        downloaded = b""
+        while len(downloaded) < len(bulk):
+            downloaded += await loop.sock_recv(tunnel.client, 1 << 16)
+        await sending
+        assert downloaded == bulk
+        assert open_pipes() == baseline + 2  # one pipe, two ends: the inbound direction's
+        tunnel.client.shutdown(socket.SHUT_WR)
+        tunnel.origin.shutdown(socket.SHUT_WR)
+        relay = await tunnel.closed
+        assert (relay.bytes_out, relay.bytes_in, relay.error) == (200, 1024 + len(bulk), None)
+        assert open_pipes() == baseline
+        tunnel.close()
+    run(scenario())
+
+
 def test_half_close_each_way_independently(impl):
     async def scenario():
         loop = asyncio.get_running_loop()

@@ -1,0 +1,290 @@
+"""The load generator of ``fastfog bench``: raw non-blocking sockets driven by loop callbacks.
+
+Each workload runs closed-loop: ``concurrency`` slots, each starting its next
+transaction when the last one ends, until the deadline. A transaction is a
+small object whose methods the loop calls when its socket is ready; there is
+no coroutine, future or transport per connection, so one load process drives
+far more traffic than the proxy under test can take (``fastfog bench`` checks
+that with the direct baseline). Several processes split the slots when one is
+not enough.
+
+Results are plain dicts (counts, errors, latencies in seconds) so the parent
+can merge them across processes.
+"""
+
+import asyncio
+import errno
+import socket
+import time
+
+from fastfog.bench import servers
+
+READ_SIZE = 262144
+
+
+def _family(address):
+    return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+
+def connect_head(host, port):
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+
+
+class Tally:
+    """What one load process saw: completed transactions, their latencies, errors by kind."""
+
+    def __init__(self):
+        self.done = 0
+        self.latencies = []
+        self.errors = {}
+        self.bytes_up = self.bytes_down = 0
+        self.seconds_up = self.seconds_down = 0.0
+
+    def error(self, kind):
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+class _Dial:
+    """Connect without blocking, then ``self.connected()``; shared by every transaction kind."""
+
+    __slots__ = ()
+
+    def dial(self):
+        self.sock = sock = socket.socket(_family(self.work.target), socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fd = sock.fileno()
+        err = sock.connect_ex(self.work.target)
+        if err not in (0, errno.EINPROGRESS):
+            self.fail(f"connect: {errno.errorcode.get(err, err)}")
+            return
+        self.work.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self):
+        self.work.loop.remove_writer(self.fd)
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.fail(f"connect: {errno.errorcode.get(err, err)}")
+            return
+        self.connected()
+
+
+class _Tunnel(_Dial):
+    """One ``connect`` transaction: dial, CONNECT (unless direct), send the request, read the
+    reply until the origin closes, close."""
+
+    __slots__ = ("work", "sock", "fd", "started", "head", "received", "buffer")
+
+    def __init__(self, work):
+        self.work = work
+        self.started = time.perf_counter()
+        self.received = 0
+        self.buffer = b""
+        self.dial()
+
+    def connected(self):
+        work = self.work
+        self.head = work.head is not None
+        self.sock.send(work.head if self.head else work.request)
+        work.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self):
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self.fail(f"recv: {errno.errorcode.get(err.errno, err.errno)}")
+            return
+        if not data:
+            if self.head or self.received < self.work.reply_size:
+                self.fail("closed early")
+            else:
+                self.finish()
+            return
+        if self.head:
+            self.buffer += data
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.buffer.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                self.fail("proxy answered " + self.buffer[:12].decode("latin-1"))
+                return
+            self.head = False
+            self.received = len(self.buffer) - end - 4
+            self.sock.send(self.work.request)
+        else:
+            self.received += len(data)
+
+    def finish(self):
+        self._close()
+        work = self.work
+        work.tally.done += 1
+        work.tally.latencies.append(time.perf_counter() - self.started)
+        work.next()
+
+    def fail(self, kind):
+        self._close()
+        self.work.tally.error(kind)
+        self.work.next()
+
+    def _close(self):
+        self.work.loop.remove_reader(self.fd)
+        self.work.loop.remove_writer(self.fd)
+        self.sock.close()
+
+
+class _KeepAlive(_Dial):
+    """One ``http`` slot: a keep-alive connection sending GETs one after another."""
+
+    __slots__ = ("work", "sock", "fd", "started", "buffer", "expected")
+
+    def __init__(self, work):
+        self.work = work
+        self.buffer = b""
+        self.expected = -1
+        self.dial()
+
+    def connected(self):
+        self.work.loop.add_reader(self.fd, self._readable)
+        self._send()
+
+    def _send(self):
+        self.started = time.perf_counter()
+        self.sock.send(self.work.request)
+
+    def _readable(self):
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self.fail(f"recv: {errno.errorcode.get(err.errno, err.errno)}")
+            return
+        if not data:
+            self.fail("closed early")
+            return
+        self.buffer += data
+        if self.expected < 0:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            if not head.startswith(b"http/1.1 200"):
+                self.fail("answered " + self.buffer[:12].decode("latin-1"))
+                return
+            at = head.find(b"content-length:")
+            if at < 0:
+                self.fail("no content-length")
+                return
+            self.expected = end + 4 + int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0 else None])
+        if len(self.buffer) >= self.expected:
+            work = self.work
+            work.tally.done += 1
+            work.tally.latencies.append(time.perf_counter() - self.started)
+            self.buffer = self.buffer[self.expected:]
+            self.expected = -1
+            if work.running():
+                self._send()
+            else:
+                self._close()
+                work.next()
+
+    def fail(self, kind):
+        self._close()
+        self.work.tally.error(kind)
+        self.work.next()
+
+    def _close(self):
+        self.work.loop.remove_reader(self.fd)
+        self.work.loop.remove_writer(self.fd)
+        self.sock.close()
+
+
+class Workload:
+    """Runs ``concurrency`` slots of ``kind`` (_Tunnel or _KeepAlive) until ``seconds`` pass."""
+
+    def __init__(self, loop, kind, target, concurrency, seconds, *, head=None, request=b"", reply_size=0):
+        self.loop, self.kind, self.target = loop, kind, target
+        self.head, self.request, self.reply_size = head, request, reply_size
+        self.tally = Tally()
+        self.deadline = time.perf_counter() + seconds
+        self.active = 0
+        self.concurrency = concurrency
+        self.finished = loop.create_future()
+
+    def start(self):
+        for _ in range(self.concurrency):
+            self._open()
+
+    def running(self):
+        return time.perf_counter() < self.deadline
+
+    def _open(self):
+        self.active += 1
+        self.kind(self)
+
+    def next(self):
+        """A slot's transaction ended: open the next one, or finish when the time is up."""
+        self.active -= 1
+        if self.running():
+            self._open()
+        elif self.active == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+
+async def run_connect(target, origin, concurrency, seconds, request_size, reply_size):
+    """Tunnels through the proxy at ``target`` to ``origin`` (or straight to origin when target
+    is None)."""
+    loop = asyncio.get_running_loop()
+    head = None if target is None else connect_head(*origin)
+    work = Workload(loop, _Tunnel, target or origin, concurrency, seconds,
+                    head=head, request=b"q" * request_size, reply_size=reply_size)
+    work.start()
+    await work.finished
+    return work.tally
+
+
+async def run_http(target, origin, concurrency, seconds):
+    """Keep-alive GETs through the proxy at ``target`` (absolute URI), or straight to origin."""
+    loop = asyncio.get_running_loop()
+    host = f"[{origin[0]}]:{origin[1]}" if ":" in origin[0] else f"{origin[0]}:{origin[1]}"
+    path = f"http://{host}/" if target is not None else "/"
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fastfog-bench\r\n\r\n".encode()
+    work = Workload(loop, _KeepAlive, target or origin, concurrency, seconds, request=request)
+    work.start()
+    await work.finished
+    return work.tally
+
+
+def run_bulk(target, origin, size):
+    """One tunnel moving ``size`` bytes each way at once (blocking sockets in two threads)."""
+    tally = Tally()
+    try:
+        with socket.create_connection(target or origin) as sock:
+            if target is not None:
+                sock.sendall(connect_head(*origin))
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = sock.recv(1)  # byte by byte: nothing after the head may be taken
+                    if not data:
+                        raise ConnectionError("proxy closed")
+                    head += data
+                if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                    tally.error("proxy answered " + head[:12].decode("latin-1"))
+                    return tally
+            received, seconds_up, seconds_down = servers.move_bulk(sock, size)
+    except OSError as err:
+        tally.error(type(err).__name__)
+        return tally
+    tally.bytes_up, tally.bytes_down = size, received
+    tally.seconds_up, tally.seconds_down = seconds_up, seconds_down
+    if received < size:
+        tally.error("short download")
+    else:
+        tally.done = 1
+    return tally

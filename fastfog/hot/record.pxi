@@ -1,0 +1,170 @@
+# Log records as bytes, and connection ids: the twins of fastfog/reference/record.py,
+# whose docstring gives the format. Here a record is written straight into one
+# growing C buffer: no intermediate strings, no per-value Python calls for the
+# str, int, bool and None values that make up nearly every record.
+
+from cpython.dict cimport PyDict_Copy, PyDict_SetItem
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport isfinite, isnan
+from libc.time cimport time as c_time
+
+from fastfog.reference.record import json_value as _json_value
+
+cdef const char* HEX_DIGITS = b"0123456789abcdef"
+cdef const char* BASE32HEX = b"0123456789abcdefghijklmnopqrstuv"
+
+
+cdef struct _Out:
+    char* data
+    Py_ssize_t length
+    Py_ssize_t capacity
+
+
+cdef int _reserve(_Out* out, Py_ssize_t more) except -1:
+    cdef Py_ssize_t capacity
+    cdef char* grown
+    if out.length + more <= out.capacity:
+        return 0
+    capacity = max(out.capacity * 2, out.length + more)
+    grown = <char*>PyMem_Realloc(out.data, capacity)
+    if grown == NULL:
+        raise MemoryError()
+    out.data, out.capacity = grown, capacity
+    return 0
+
+
+cdef int _put(_Out* out, const char* data, Py_ssize_t length) except -1:
+    _reserve(out, length)
+    memcpy(out.data + out.length, data, length)
+    out.length += length
+    return 0
+
+
+cdef int _put_escaped(_Out* out, const unsigned char* text, Py_ssize_t length) except -1:
+    """A JSON string body: quotes, backslashes and control characters escaped as json does."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    cdef char* p
+    _reserve(out, length * 6 + 2)  # the worst case: every byte a \u00XX
+    p = out.data + out.length
+    p[0] = b'"'
+    p += 1
+    for i in range(length):
+        c = text[i]
+        if c >= 0x20 and c != b'"' and c != b'\\':
+            p[0] = c
+            p += 1
+            continue
+        p[0] = b'\\'
+        if c == b'"' or c == b'\\':
+            p[1] = c
+        elif c == b'\n':
+            p[1] = b'n'
+        elif c == b'\r':
+            p[1] = b'r'
+        elif c == b'\t':
+            p[1] = b't'
+        elif c == 0x08:
+            p[1] = b'b'
+        elif c == 0x0c:
+            p[1] = b'f'
+        else:
+            p[1], p[2], p[3], p[4], p[5] = b'u', b'0', b'0', HEX_DIGITS[c >> 4], HEX_DIGITS[c & 15]
+            p += 6
+            continue
+        p += 2
+    p[0] = b'"'
+    out.length = p + 1 - out.data
+    return 0
+
+
+cdef int _put_str(_Out* out, object text) except -1:
+    cdef Py_ssize_t length
+    cdef const char* utf8
+    try:
+        utf8 = PyUnicode_AsUTF8AndSize(text, &length)
+    except UnicodeEncodeError:  # a lone surrogate: as the reference, "?" for what UTF-8 cannot carry
+        encoded = (<str>text).encode("utf-8", "replace")
+        return _put_escaped(out, <const unsigned char*>PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
+    return _put_escaped(out, <const unsigned char*>utf8, length)
+
+
+cdef int _put_value(_Out* out, object value) except -1:
+    cdef double number
+    if isinstance(value, str):
+        return _put_str(out, value)
+    if value is None:
+        return _put(out, b"null", 4)
+    if value is True:
+        return _put(out, b"true", 4)
+    if value is False:
+        return _put(out, b"false", 5)
+    if type(value) is int:
+        text = str(value).encode("ascii")
+        return _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+    if type(value) is float:
+        number = value
+        if isfinite(number):
+            text = repr(value).encode("ascii")
+        else:
+            text = b"NaN" if isnan(number) else (b"Infinity" if number > 0 else b"-Infinity")
+        return _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+    # Anything else (containers, int and float subclasses, objects written as str): the reference's encoder.
+    encoded = (<str>_json_value(value)).encode("utf-8", "replace")
+    return _put(out, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
+
+
+def json_line(dict fields, str level, str msg, str time):
+    cdef dict record = PyDict_Copy(fields)
+    cdef _Out out
+    cdef list keys
+    PyDict_SetItem(record, "level", level)
+    PyDict_SetItem(record, "msg", msg)
+    PyDict_SetItem(record, "time", time)
+    keys = list(record)
+    keys.sort()
+    out.length, out.capacity = 0, 512
+    out.data = <char*>PyMem_Malloc(out.capacity)
+    if out.data == NULL:
+        raise MemoryError()
+    try:
+        _put(&out, b"{", 1)
+        for index, key in enumerate(keys):
+            if index:
+                _put(&out, b",", 1)
+            _put_str(&out, key)
+            _put(&out, b":", 1)
+            _put_value(&out, record[key])
+        _put(&out, b"}\n", 2)
+        return PyBytes_FromStringAndSize(out.data, out.length)
+    finally:
+        PyMem_Free(out.data)
+
+
+cdef class IdSource:
+    """Connection ids; same API as fastfog.reference.record.IdSource."""
+    cdef unsigned char machine[5]
+    cdef uint32_t counter
+
+    def __init__(self, machine=None, counter=None):
+        cdef bytes chosen = os.urandom(5) if machine is None else bytes(machine)
+        if len(chosen) != 5:
+            raise ValueError("machine must be 5 bytes")
+        memcpy(self.machine, PyBytes_AS_STRING(chosen), 5)
+        self.counter = (int.from_bytes(os.urandom(3), "big") if counter is None else counter) & 0xFFFFFF
+
+    def next(self):
+        cdef unsigned char raw[13]
+        cdef char text[20]
+        cdef uint32_t now = <uint32_t>c_time(NULL)
+        cdef int bit, i, value
+        self.counter = (self.counter + 1) & 0xFFFFFF
+        raw[0], raw[1], raw[2], raw[3] = (now >> 24) & 255, (now >> 16) & 255, (now >> 8) & 255, now & 255
+        memcpy(raw + 4, self.machine, 5)
+        raw[9], raw[10], raw[11] = (self.counter >> 16) & 255, (self.counter >> 8) & 255, self.counter & 255
+        raw[12] = 0  # padding: the 20th character holds the last bit and four zero bits
+        for i in range(20):
+            bit = i * 5
+            value = ((raw[bit >> 3] << 8) | raw[(bit >> 3) + 1]) >> (11 - (bit & 7))
+            text[i] = BASE32HEX[value & 31]
+        return PyUnicode_DecodeASCII(text, 20, NULL)

@@ -1,0 +1,84 @@
+"""Log records and connection ids: the compiled core against its twin, and json.loads as the oracle."""
+
+import json
+import math
+import re
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from support import IMPLEMENTATIONS, needs_core
+
+from fastfog.reference import record as reference
+
+keys = st.text(max_size=12)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(),
+    st.text(alphabet=st.characters(max_codepoint=0x7F)),  # control characters, quotes, backslashes
+)
+values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(keys, scalars, max_size=3))
+records = st.dictionaries(keys, values, max_size=12)
+TIME = "2026-11-22T00:00:00.5Z"
+
+
+def parsed(line):
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    return json.loads(line)
+
+
+def same(a, b):
+    """Equal, with NaN equal to itself."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b and type(a) is type(b)
+
+
+@needs_core
+@given(records, st.text(), st.text())
+def test_core_writes_the_same_bytes_as_the_reference(fields, level, msg):
+    core = IMPLEMENTATIONS["core"]
+    assert core.json_line(fields, level, msg, TIME) == reference.json_line(fields, level, msg, TIME)
+
+
+@given(records, st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
+def test_lines_parse_back_to_the_record(fields, msg):
+    for impl in IMPLEMENTATIONS.values():
+        line = impl.json_line(fields, "info", msg, TIME)
+        expected = {**fields, "level": "info", "msg": msg, "time": TIME}
+        assert same(parsed(line), expected)
+        assert list(parsed(line)) == sorted(expected)
+
+
+def test_what_json_cannot_carry(impl):
+    line = impl.json_line({"address": ("203.0.113.7", 443), "error": ValueError("bad"), "surrogate": "a\ud800b",
+                           "level": "overridden"}, "warning", "m", TIME)
+    assert parsed(line) == {"address": ["203.0.113.7", 443], "error": "bad", "surrogate": "a?b",
+                            "level": "warning", "msg": "m", "time": TIME}
+    assert impl.json_line({}, "info", "m", TIME) == b'{"level":"info","msg":"m","time":"2026-11-22T00:00:00.5Z"}\n'
+    assert impl.json_line({"q": '"\\\n\x01\x7f\u2028é'}, "i", "m", "t").startswith(
+        b'{"level":"i","msg":"m","q":"\\"\\\\\\n\\u0001\x7f\xe2\x80\xa8\xc3\xa9"')
+
+
+@given(st.binary(min_size=5, max_size=5), st.integers(min_value=0, max_value=2**24 - 1))
+def test_ids_match_the_reference(machine, counter):
+    for _ in range(3):  # a second may tick between the two: try again
+        before = int(time.time())
+        ids = {name: impl.IdSource(machine, counter) for name, impl in IMPLEMENTATIONS.items()}
+        sequences = {name: [source.next() for _ in range(3)] for name, source in ids.items()}
+        if int(time.time()) == before:
+            break
+    assert len({tuple(sequence) for sequence in sequences.values()}) == 1
+    assert all(re.fullmatch(r"[0-9a-v]{20}", value) for value in sequences["reference"])
+
+
+def test_ids_are_unique_sortable_and_wrap_their_counter(impl):
+    ids = impl.IdSource(b"\0" * 5, 2**24 - 2)
+    first = [ids.next() for _ in range(1000)]
+    assert len(set(first)) == 1000
+    with pytest.raises(ValueError):
+        impl.IdSource(b"four")
