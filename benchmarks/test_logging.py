@@ -41,3 +41,8 @@ def test_connection_ids(benchmark, impl):
     benchmark.group = "log: connection id"
     ids = impl.IdSource()
     assert len(benchmark(ids.next)) == 20
+
+
+def test_timestamp(benchmark, impl):
+    benchmark.group = "log: RFC 3339 timestamp"
+    assert benchmark(impl.rfc3339, 1763769600.123456).endswith("Z")

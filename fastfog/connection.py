@@ -15,6 +15,7 @@ answer) runs as coroutines that these callbacks start.
   the client with (a deny or a failure, already logged).
 """
 
+import _socket
 import errno
 import os
 import socket
@@ -310,7 +311,7 @@ class Opening:
             self.upstream, self.dial_started = pooled, time.monotonic()
             self._dial_ended(0, reused=True)
             return
-        upstream = socket.socket(socket.AF_INET6 if ":" in pick.address else socket.AF_INET, socket.SOCK_STREAM)
+        upstream = _socket.socket(socket.AF_INET6 if ":" in pick.address else socket.AF_INET, socket.SOCK_STREAM)
         upstream.setblocking(False)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = upstream

@@ -17,24 +17,9 @@ from fastfog import hotpaths
 DECISION = "CANONICAL-PROXY-DECISION"
 CONNECTION_CLOSE = "CANONICAL-PROXY-CN-CLOSE"
 
-IdSource = hotpaths.IdSource  # connection ids: see fastfog.reference.record
-
-
-_second_cache = [None, ""]
-
-
-def rfc3339(timestamp):
-    """Unix time → RFC 3339 UTC with nanoseconds, as Go's time.RFC3339Nano prints it."""
-    seconds = int(timestamp)
-    nanos = int(round((timestamp - seconds) * 1e9))
-    if nanos >= 1_000_000_000:
-        seconds, nanos = seconds + 1, nanos - 1_000_000_000
-    if _second_cache[0] != seconds:  # one strftime per second, not per record
-        _second_cache[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
-    text = _second_cache[1]
-    if nanos:
-        text += "." + f"{nanos:09d}".rstrip("0")
-    return text + "Z"
+# Compiled hot paths, described in fastfog.reference.record.
+IdSource = hotpaths.IdSource
+rfc3339 = hotpaths.rfc3339
 
 
 def _logfmt_value(value):

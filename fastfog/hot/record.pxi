@@ -5,10 +5,17 @@
 
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport isfinite, isnan
-from libc.time cimport time as c_time
+from libc.math cimport isfinite, isnan, nearbyint
+from libc.time cimport time as c_time, time_t, tm
 
 from fastfog.reference.record import json_value as _json_value
+from fastfog.reference.record import rfc3339 as _rfc3339_reference
+
+cdef extern from "<time.h>" nogil:
+    tm* gmtime_r(const time_t* timep, tm* result)
+
+cdef long long rfc3339_second = -1
+cdef char rfc3339_text[32]  # "YYYY-MM-DDTHH:MM:SS" of rfc3339_second, then the fraction
 
 cdef const char* HEX_DIGITS = b"0123456789abcdef"
 cdef const char* BASE32HEX = b"0123456789abcdefghijklmnopqrstuv"
@@ -168,3 +175,50 @@ cdef class IdSource:
             value = ((raw[bit >> 3] << 8) | raw[(bit >> 3) + 1]) >> (11 - (bit & 7))
             text[i] = BASE32HEX[value & 31]
         return PyUnicode_DecodeASCII(text, 20, NULL)
+
+
+cdef inline void _two_digits(char* at, int value) noexcept:
+    at[0] = c'0' + value // 10
+    at[1] = c'0' + value % 10
+
+
+def rfc3339(double timestamp):
+    global rfc3339_second
+    cdef long long seconds
+    cdef long long nanos
+    cdef tm parts
+    cdef time_t whole
+    cdef int length = 19, digit
+    if not (0 <= timestamp < 253402300799.0):  # outside years 1970-9999: the reference's rules
+        return _rfc3339_reference(timestamp)
+    seconds = <long long>timestamp
+    nanos = <long long>nearbyint((timestamp - seconds) * 1e9)  # round half to even, as Python's round()
+    if nanos >= 1000000000:
+        seconds, nanos = seconds + 1, nanos - 1000000000
+    if seconds != rfc3339_second:
+        whole = <time_t>seconds
+        gmtime_r(&whole, &parts)
+        digit = parts.tm_year + 1900
+        _two_digits(rfc3339_text, digit // 100)
+        _two_digits(rfc3339_text + 2, digit % 100)
+        rfc3339_text[4] = b'-'
+        _two_digits(rfc3339_text + 5, parts.tm_mon + 1)
+        rfc3339_text[7] = b'-'
+        _two_digits(rfc3339_text + 8, parts.tm_mday)
+        rfc3339_text[10] = b'T'
+        _two_digits(rfc3339_text + 11, parts.tm_hour)
+        rfc3339_text[13] = b':'
+        _two_digits(rfc3339_text + 14, parts.tm_min)
+        rfc3339_text[16] = b':'
+        _two_digits(rfc3339_text + 17, parts.tm_sec)
+        rfc3339_second = seconds
+    if nanos:
+        rfc3339_text[19] = b'.'
+        for digit in range(9):
+            rfc3339_text[28 - digit] = c'0' + nanos % 10
+            nanos //= 10
+        length = 29
+        while rfc3339_text[length - 1] == c'0':
+            length -= 1
+    rfc3339_text[length] = b'Z'
+    return PyUnicode_DecodeASCII(rfc3339_text, length + 1, NULL)

@@ -16,10 +16,11 @@ from fastfog.reference.httphead import (
     parse_request_head,
     parse_response_head,
 )
-from fastfog.reference.record import IdSource, json_line
+from fastfog.reference.record import IdSource, json_line, rfc3339
 from fastfog.reference.relay import SpliceRelay
 
 __all__ = [
     "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
     "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "json_line", "parse_request_head", "parse_response_head",
+    "rfc3339",
 ]

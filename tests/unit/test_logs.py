@@ -32,12 +32,6 @@ def test_logfmt_quotes_what_needs_quoting():
     assert 'bytes_in=5 error="" reason="a \\"b\\" c"' in line
 
 
-def test_rfc3339():
-    assert logs.rfc3339(0) == "1970-01-01T00:00:00Z"
-    assert logs.rfc3339(1763769600.25) == "2025-11-22T00:00:00.25Z"
-    assert logs.rfc3339(1763769600.9999999999) == "2025-11-22T00:00:01Z"
-
-
 def test_connection_ids_are_unique_and_sortable():
     ids = logs.IdSource()
     first = [ids.next() for _ in range(1000)]

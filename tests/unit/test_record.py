@@ -1,5 +1,6 @@
 """Log records and connection ids: the compiled core against its twin, and json.loads as the oracle."""
 
+import datetime
 import json
 import math
 import re
@@ -82,3 +83,25 @@ def test_ids_are_unique_sortable_and_wrap_their_counter(impl):
     assert len(set(first)) == 1000
     with pytest.raises(ValueError):
         impl.IdSource(b"four")
+
+
+@given(st.one_of(st.floats(min_value=0, max_value=2**38, allow_nan=False),
+                 st.integers(min_value=0, max_value=253402300798).map(float),
+                 st.integers(min_value=0, max_value=2**33).map(lambda n: n + 0.999999999)))
+def test_timestamps_match_the_reference_and_datetime(timestamp):
+    expected = reference.rfc3339(timestamp)
+    for impl in IMPLEMENTATIONS.values():
+        assert impl.rfc3339(timestamp) == expected
+    if timestamp < 253402300799:
+        whole, _, fraction = expected[:-1].partition(".")
+        assert whole == datetime.datetime.fromtimestamp(
+            int(timestamp) + (fraction == "" and timestamp % 1 > 0.5), datetime.timezone.utc
+        ).strftime("%Y-%m-%dT%H:%M:%S")
+        assert not fraction.endswith("0") and len(fraction) <= 9
+
+
+def test_timestamp_examples(impl):
+    assert impl.rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert impl.rfc3339(1763769600.25) == "2025-11-22T00:00:00.25Z"
+    assert impl.rfc3339(1763769600.9999999999) == "2025-11-22T00:00:01Z"
+    assert impl.rfc3339(951782400.5) == "2000-02-29T00:00:00.5Z"
