@@ -99,6 +99,9 @@ def check_config(path, out=sys.stdout, err=sys.stderr):
     if config.acl is not None:
         for warning in config.acl.warnings:
             print(f"warning: {config.acl.path}: {warning}", file=err)
+    if config.server_tls is not None:
+        for warning in config.server_tls.warnings:
+            print(f"warning: {warning}", file=err)
     for problem in config.not_yet_supported():
         print(f"warning: {path}: {problem}", file=err)
     yaml.safe_dump(config.summary(), out, sort_keys=False, default_flow_style=False)

@@ -18,7 +18,6 @@ them.
 import ipaddress
 import math
 import re
-import ssl
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
@@ -402,7 +401,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 # Settings whose feature the proxy does not have yet: serve refuses them when they differ
 # from their default. Each piece of work that brings a feature removes its keys from here.
 NOT_YET_SUPPORTED = frozenset({
-    "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address", "tls",
+    "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address",
     "workers",
     "webhook", "admin_socket", "sni_check", "time_connect",
 })
@@ -467,6 +466,7 @@ class Config:
     acl: object = None  # fastfog.acl.Acl when acl_file is set
     auth: object = None  # fastfog.roles.ProxyAuth when proxy_auth is set
     role_plugin: object = None  # the role_from_request callable
+    server_tls: object = None  # fastfog.tls.ServerTLS when tls is set
 
     def not_yet_supported(self):
         """Keys set to something the proxy cannot do yet, each with why: serve refuses these."""
@@ -562,19 +562,13 @@ def _merge_tls_flags(tls, given):
 
 
 def _check_tls_files(tls, source):
-    """Open the TLS material the way the listener will, so a bad file fails at load, not later."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    checks = [("cert_file", tls["cert_file"],
-               lambda path: context.load_cert_chain(path, tls["key_file"] or path))]
-    checks += [("client_ca_files", path, lambda path: context.load_verify_locations(cafile=path))
-               for path in tls["client_ca_files"] or ()]
-    checks += [("crl_files", path, lambda path: context.load_verify_locations(cafile=path))
-               for path in tls["crl_files"] or ()]
-    for key, path, load in checks:
-        try:
-            load(path)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigError(f"{source}: tls.{key}: {path}: {getattr(err, 'strerror', None) or err}") from None
+    """Build the listener's TLS exactly as serve will, so a bad file fails at load, not later."""
+    from fastfog.tls import ServerTLS, TLSConfigError
+
+    try:
+        return ServerTLS(tls)
+    except TLSConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def build_config(values, source=None):
@@ -590,8 +584,7 @@ def build_config(values, source=None):
         missing = "mitm_ca_cert_file" if cert is None else "mitm_ca_key_file"
         other = "mitm_ca_key_file" if cert is None else "mitm_ca_cert_file"
         raise ConfigError(f"{where}: {missing}: required when {other} is set")
-    if values.get("tls") is not None:
-        _check_tls_files(values["tls"], where)
+    server_tls = _check_tls_files(values["tls"], where) if values.get("tls") is not None else None
     for name, limits in (values.get("role_limits") or {}).items():
         role_rate, role_burst = limits["max_request_rate"] or 0.0, limits["max_request_burst"]
         if role_burst is not None and role_rate > 0 and role_burst <= role_rate:
@@ -622,7 +615,7 @@ def build_config(values, source=None):
             raise ConfigError(f"{where}: role_from_request: {err}") from None
     known = {f.name for f in fields(Config)}
     return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl,
-                  auth=auth, role_plugin=plugin)
+                  auth=auth, role_plugin=plugin, server_tls=server_tls)
 
 
 def load_config(path=None, flags=None):

@@ -19,9 +19,10 @@ import _socket
 import errno
 import os
 import socket
+import ssl
 import time
 
-from fastfog import responses, sockio
+from fastfog import der, responses, sockio
 from fastfog.acl import AUTH_REQUIRED, Decision, parse_upstream_proxy
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
@@ -72,14 +73,19 @@ def _guarded(step):
 class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
-    __slots__ = ("proxy", "loop", "sock", "fd", "address", "buffer", "_timer", "_reading", "closed")
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "buffer", "_timer", "_reading", "closed", "tls",
+                 "peer_certificate")
 
-    def __init__(self, proxy, sock, address):
+    def __init__(self, proxy, sock, address, peer_certificate=None):
+        """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
+        client's certificate as getpeercert() gives it, if it sent one."""
         self.proxy = proxy
         self.loop = proxy.loop
         self.sock = sock
         self.fd = sock.fileno()
         self.address = address
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.peer_certificate = peer_certificate
         self.buffer = bytearray()
         self._timer = None
         self._reading = False
@@ -200,6 +206,83 @@ class ClientConnection:
             self.proxy.connections.discard(self)
 
 
+class Handshake:
+    """A TLS client's handshake, driven by loop callbacks and bounded by read_header_timeout (60s
+    when that is off); then the revocation check, then its ClientConnection. A failure is logged
+    with the client's address and closes only this connection."""
+
+    __slots__ = ("proxy", "sock", "fd", "address", "_timer", "_waiting")
+
+    def __init__(self, proxy, tls, sock, address):
+        self.proxy, self.address = proxy, address
+        self.sock = tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.fd = self.sock.fileno()
+        self._timer = self._waiting = None
+        proxy.connections.add(self)
+
+    def start(self):
+        self._timer = self.proxy.loop.call_later(self.proxy.config.read_header_timeout or 60.0, self._timed_out)
+        self._step()
+
+    def _step(self):
+        self._stop_waiting()
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._wait(self.proxy.loop.add_reader, self.proxy.loop.remove_reader)
+        except ssl.SSLWantWriteError:
+            self._wait(self.proxy.loop.add_writer, self.proxy.loop.remove_writer)
+        except (ssl.SSLError, OSError) as err:
+            self._fail(getattr(err, "reason", None) or str(err))
+        except Exception as err:  # a bug: contain it to this one connection
+            self._fail(f"{type(err).__name__}: {err}")
+        else:
+            self._established()
+
+    def _wait(self, add, remove):
+        add(self.fd, self._step)
+        self._waiting = remove
+
+    def _stop_waiting(self):
+        if self._waiting is not None:
+            self._waiting(self.fd)
+            self._waiting = None
+
+    def _established(self):
+        proxy, sock = self.proxy, self.sock
+        self._stop_waiting()
+        self._timer.cancel()
+        proxy.connections.discard(self)
+        der_certificate = sock.getpeercert(binary_form=True)
+        peer_certificate = None
+        if der_certificate is not None:
+            try:
+                revoked = proxy.tls.revocations.revoked(der.Certificate(der_certificate))
+            except ValueError as err:
+                self._fail(f"unreadable client certificate: {err}")
+                return
+            if revoked:
+                self._fail("client certificate revoked")
+                return
+            peer_certificate = sock.getpeercert()
+        ClientConnection(proxy, sock, self.address, peer_certificate).read_head()
+
+    def _timed_out(self):
+        self._fail("handshake did not finish in time")
+
+    def _fail(self, error):
+        self.proxy.log.warning("TLS handshake error", {"inbound_remote_addr": peer_text(self.address),
+                                                       "error": error})
+        self.close()
+
+    def close(self):
+        self._stop_waiting()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.proxy.connections.discard(self)
+        self.sock.close()
+
+
 class Opening:
     """Decide, resolve, classify and dial for one request, with loop callbacks."""
 
@@ -226,7 +309,7 @@ class Opening:
             self.done(None, responses.bad_request(str(err)), True)
             return
         upstream_proxy = header_value(head.headers, UPSTREAM_PROXY_HEADER) if self.connect else None
-        role, role_error = proxy.role(head, self.conn.address)
+        role, role_error = proxy.role(self.conn, head, fields)
         fields["role"] = role
         if role_error is AUTH_REQUIRED:
             fields["project"] = ""

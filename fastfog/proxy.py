@@ -23,6 +23,7 @@ from fastfog.acl import (
 )
 from fastfog.classify import AddressPolicy
 from fastfog.connection import (
+    Handshake,
     READ_SIZE,
     ClientConnection,
     Opening,
@@ -33,6 +34,7 @@ from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_respon
 from fastfog.limits import Limits
 from fastfog.pool import UpstreamPool
 from fastfog.roles import RequestView
+from fastfog.tls import TLSRelay, subject_fields
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
@@ -127,8 +129,11 @@ class Tunnel:
 class Proxy:
     """Serves client connections for one worker: its config, resolver and log."""
 
-    def __init__(self, config, resolver, log, listen_port=None, own_addresses=()):
+    def __init__(self, config, resolver, log, listen_port=None, own_addresses=(), tls=None):
+        """``tls``: a ServerTLS when clients connect over TLS (replaceable: each new connection
+        uses the current one)."""
         self.config = config
+        self.tls = tls
         self.resolver = resolver
         self.log = log
         self.policy = AddressPolicy(config.allow_ranges, config.deny_ranges, config.allow_addresses,
@@ -151,7 +156,10 @@ class Proxy:
         """Take a freshly accepted client socket."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ClientConnection(self, sock, address).read_head()
+        if self.tls is not None:
+            Handshake(self, self.tls, sock, address).start()
+        else:
+            ClientConnection(self, sock, address).read_head()
 
     def spawn(self, coroutine):
         """Run a coroutine for a connection; shutdown cancels what is still running."""
@@ -215,39 +223,55 @@ class Proxy:
 
     # --- decisions and their answers ----------------------------------------------------------
 
-    def request_fields(self, address, proxy_type, head, started=None):
-        return {
+    def request_fields(self, conn, proxy_type, head, started=None):
+        fields = {
             "id": self.ids.next(),
-            "inbound_remote_addr": peer_text(address),
+            "inbound_remote_addr": peer_text(conn.address),
             "proxy_type": proxy_type,
             "requested_host": head.authority,
             "start_time": logs.rfc3339(started or time.time()),
             "trace_id": header_value(head.headers, TRACE_HEADER) or "",
         }
+        if conn.peer_certificate is not None:
+            fields["inbound_remote_x509_cn"] = next(iter(subject_fields(conn.peer_certificate, "commonName")), "")
+            units = subject_fields(conn.peer_certificate, "organizationalUnitName")
+            if units:
+                fields["inbound_remote_x509_ou"] = units[0]
+        return fields
 
-    def role(self, head, address):
+    def role(self, conn, head, fields):
         """(role, problem): the client's role, or the Decision that explains why it has none.
 
-        With proxy_auth, from the Proxy-Authorization credentials (AUTH_REQUIRED when they are
-        wrong, or missing without allow_missing_role); otherwise no role can be known yet.
+        A role plugin decides alone when configured. With proxy_auth, the role comes from the
+        Proxy-Authorization credentials (AUTH_REQUIRED when they are wrong, or missing without
+        allow_missing_role). Otherwise, on the TLS listener, it is the client certificate's
+        Subject CN; without TLS there is none.
         """
         config = self.config
         if config.role_plugin is not None:
-            return self._plugin_role(head, address)
+            return self._plugin_role(conn, head)
         if config.auth is not None:
             header = header_value(head.headers, b"proxy-authorization")
             if header is None:
                 return ("", None) if config.allow_missing_role else ("", AUTH_REQUIRED)
             role = config.auth.role_of(header)
             return (role, None) if role is not None else ("", AUTH_REQUIRED)
+        if conn.tls:
+            if conn.peer_certificate is not None:
+                return fields["inbound_remote_x509_cn"], None
+            problem = "client did not provide certificate"
+        else:
+            problem = "defaultRoleFromRequest requires TLS"
         if config.allow_missing_role:
             return "", None
+        fields["error"] = problem
         return "", ROLE_NOT_DETERMINED
 
-    def _plugin_role(self, head, client_address):
+    def _plugin_role(self, conn, head):
         """role_from_request: a str is the role; None is a missing role; raising denies."""
-        view = RequestView(client_address, head.method, head.target,
-                           [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers])
+        view = RequestView(conn.address, head.method, head.target,
+                           [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers],
+                           conn.peer_certificate)
         try:
             role = self.config.role_plugin(view)
         except Exception as err:  # the plugin's own way of saying no
@@ -329,7 +353,7 @@ class Proxy:
 
     def _connect(self, conn, head):
         started = time.time()  # one reading: the record's start_time and the tunnel's duration
-        fields = self.request_fields(conn.address, "connect", head, started)
+        fields = self.request_fields(conn, "connect", head, started)
 
         def opened(upstream, answer, close):
             if upstream is None:
@@ -339,6 +363,13 @@ class Proxy:
                     conn.finish(answer)
                 else:
                     conn.send(answer, lambda: conn.read_head(first=False))
+                return
+            if upstream.via is not None and conn.tls:
+                # The chain relays through transports, and a TLS client's socket is not one.
+                self.limits.release(upstream.role)
+                upstream.sock.close()
+                conn.finish(self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
+                                         "X-Upstream-Https-Proxy is not available to TLS clients", True))
                 return
             if upstream.via is not None:
                 conn.detach()
@@ -363,6 +394,11 @@ class Proxy:
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
         first_bytes = bytes(conn.buffer)
+        if conn.tls:
+            tunnel.relay = TLSRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
+                                    first_bytes)
+            tunnel.relay.start()
+            return None
         if proxy_transport is None:
             tunnel.relay = SpliceRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
                                        first_bytes)
@@ -479,7 +515,7 @@ class Proxy:
     async def _forward_one(self, conn, head):
         """Decide, send the request upstream, stream the response back. True: keep the connection."""
         sock = conn.sock
-        fields = self.request_fields(conn.address, "http", head)
+        fields = self.request_fields(conn, "http", head)
         if head.scheme != "http":
             await self.send_final(sock, responses.rejection(
                 head.version, 501, "Not Implemented",

@@ -89,7 +89,10 @@ async def serve(config, log, ready=None, stop=None):
     listener = open_listener(config.ip, config.port)
     address = listener.getsockname()
     resolver = Resolver(config.resolver_addresses, config.dns_timeout, config.network, config.dns_cache)
-    proxy = Proxy(config, resolver, log, address[1], own_addresses(listener))
+    if config.server_tls is not None:
+        for warning in config.server_tls.warnings:
+            log.warning(warning, {})
+    proxy = Proxy(config, resolver, log, address[1], own_addresses(listener), config.server_tls)
     if config.acl is not None:
         for warning in config.acl.warnings:
             log.warning(warning, {"acl_file": config.acl.path})

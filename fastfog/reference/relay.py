@@ -84,7 +84,7 @@ class _Direction:
         try:
             while budget > 0:
                 try:
-                    received = self._copy() if self.pipe_r is None and self.moved < COPY_LIMIT else self._splice()
+                    received = self._copy() if self.pipe_r is None and self.moved < relay.copy_limit else self._splice()
                 except BlockingIOError:
                     break
                 if received == 0:
@@ -156,6 +156,8 @@ class SpliceRelay:
     bytes from the upstream, ``bytes_out`` bytes sent to it; ``error`` is set when a socket
     failed (None after two clean ends of stream or ``close()``).
     """
+
+    copy_limit = COPY_LIMIT
 
     def __init__(self, loop, client, upstream, on_close, first_bytes=b""):
         self._loop = loop

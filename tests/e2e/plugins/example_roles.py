@@ -17,3 +17,12 @@ def by_service_header(request):
     if service == "refused":
         raise PermissionError("this service is blocked")
     return service
+
+
+def by_organizational_unit(request):
+    """The README's example: the first dotted particle of the client certificate's OU."""
+    if request.peer_certificate is None:
+        return None
+    units = [value for rdn in request.peer_certificate["subject"] for key, value in rdn
+             if key == "organizationalUnitName"]
+    return units[0].split(".")[0] if units else None

@@ -1,0 +1,182 @@
+"""The mTLS listener's TLS: the server context, client CAs, and the revocation set.
+
+As Smokescreen does:
+
+- client certificates are optional at the handshake (``CERT_OPTIONAL``): a
+  client without one connects and has no role; one that presents a
+  certificate not signed by a configured CA fails the handshake;
+- the role is the certificate's Subject CN;
+- a certificate whose serial is listed in a CRL of its issuer is rejected; a
+  CA with no CRL is accepted, with a warning at start-up.
+
+OpenSSL's own CRL checking would fail every client of a CA without a CRL, so
+revocation is checked right after the handshake against a ``Revocations`` set
+built from the CRL files (fastfog.der reads them). CRL files are trusted as
+the CA files are: they come from the operator's disk and their signatures are
+not checked. A CRL past its nextUpdate (or before its thisUpdate) still
+revokes what it lists, with a warning at load: a stale list never un-revokes
+anyone, and refusing every client because a CRL went stale would turn a
+missed CRL refresh into an outage.
+
+``ServerTLS`` is replaced whole on reload; the listener reads the current one
+for each new connection, so open connections keep theirs.
+"""
+
+import datetime
+import errno
+import socket
+import ssl
+
+from fastfog import der
+from fastfog.reference.relay import SpliceRelay as PythonRelay
+
+
+class TLSConfigError(ValueError):
+    """A TLS file that cannot be used; the message names the key and the file."""
+
+
+class ClientTLSSocket(ssl.SSLSocket):
+    """A non-blocking TLS socket that signals "not now" as a plain socket does.
+
+    The proxy's socket code waits for readiness when ``recv``/``send`` raise
+    BlockingIOError; OpenSSL's want-read and want-write become exactly that, so
+    head reading, forwarding and final answers work the same over TLS. Reads
+    are at least one TLS record (16 KiB) long everywhere in fastfog, so no
+    decrypted bytes are left inside OpenSSL when the socket reads as idle.
+    """
+
+    def recv(self, size=1024, flags=0):
+        try:
+            return super().recv(size, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError(errno.EAGAIN, "TLS record not complete yet") from None
+
+    def send(self, data, flags=0):
+        try:
+            return super().send(data, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError(errno.EAGAIN, "TLS send buffer full") from None
+
+    def shutdown(self, how):
+        """Half-close: send close_notify (when the socket takes it at once), then shut the TCP side
+        down, keeping the TLS session to read what the client still sends (ssl.SSLSocket's own
+        shutdown would drop it and hand out raw ciphertext from then on)."""
+        if self._sslobj is not None:
+            try:
+                self._sslobj.shutdown()
+            except (ssl.SSLError, OSError):
+                pass  # want-read (the peer's close_notify) or a peer already gone
+        socket.socket.shutdown(self, how)
+
+
+class TLSRelay(PythonRelay):
+    """A CONNECT tunnel whose client leg is TLS. The bytes pass through OpenSSL in user space
+    anyway, so this relay copies with the sockets' own recv/send and never splices; otherwise it
+    is the splice relay's machine (fastfog.reference.relay), with the same attributes."""
+
+    copy_limit = float("inf")
+
+
+class Revocations:
+    """Revoked serials by issuer, from CRL files; ``revoked(cert_der)`` after each handshake."""
+
+    def __init__(self, lists=()):
+        self._by_issuer = {}
+        for crl in lists:
+            self._by_issuer.setdefault(crl.issuer, []).append(crl)
+
+    def issuers(self):
+        return set(self._by_issuer)
+
+    def revoked(self, certificate):
+        """True when a CRL of the certificate's issuer lists its serial."""
+        for crl in self._by_issuer.get(certificate.issuer, ()):
+            if (crl.authority_key_id and certificate.authority_key_id
+                    and crl.authority_key_id != certificate.authority_key_id):
+                continue  # the same name, another key: not this CA's list
+            if certificate.serial in crl.serials:
+                return True
+        return False
+
+
+def _read(path, key):
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as err:
+        raise TLSConfigError(f"tls.{key}: {path}: {err.strerror or err}") from None
+
+
+def read_crls(paths):
+    """Every CRL in the files (PEM, several per file allowed, or DER)."""
+    lists = []
+    for path in paths:
+        data = _read(path, "crl_files")
+        try:
+            blocks = der.pem_blocks(data, "X509 CRL") if b"-----BEGIN" in data else [data]
+            if not blocks:
+                raise ValueError("no X509 CRL block in the file")
+            lists += [(path, der.RevocationList(block)) for block in blocks]
+        except ValueError as err:
+            raise TLSConfigError(f"tls.crl_files: {path}: not a CRL: {err}") from None
+    return lists
+
+
+def read_cas(paths):
+    """The CA certificates in the client CA files, parsed (for the "CA without CRL" warning)."""
+    cas = []
+    for path in paths:
+        data = _read(path, "client_ca_files")
+        try:
+            cas += [(path, der.Certificate(block)) for block in der.pem_blocks(data, "CERTIFICATE")]
+        except ValueError as err:
+            raise TLSConfigError(f"tls.client_ca_files: {path}: {err}") from None
+    return cas
+
+
+class ServerTLS:
+    """The listener's SSLContext and revocation set, built from the ``tls`` config block.
+
+    ``warnings``: what start-up should log (CAs without a CRL, CRLs out of their validity).
+    """
+
+    def __init__(self, tls, now=None):
+        self.context = context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_RENEGOTIATION
+        context.sslsocket_class = ClientTLSSocket
+        cert_file, key_file = tls["cert_file"], tls["key_file"] or tls["cert_file"]
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise TLSConfigError(f"tls.cert_file: {cert_file}: {getattr(err, 'strerror', None) or err}") from None
+        ca_files = tuple(tls["client_ca_files"] or ())
+        for path in ca_files:
+            try:
+                context.load_verify_locations(cafile=path)
+            except (OSError, ssl.SSLError) as err:
+                raise TLSConfigError(f"tls.client_ca_files: {path}: {getattr(err, 'strerror', None) or err}") \
+                    from None
+        self.verifies_clients = bool(ca_files)
+        context.verify_mode = ssl.CERT_OPTIONAL if ca_files else ssl.CERT_NONE
+        crls = read_crls(tls["crl_files"] or ())
+        self.revocations = Revocations(crl for _, crl in crls)
+        self.warnings = []
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        for path, crl in crls:
+            if crl.next_update is not None and crl.next_update < now:
+                self.warnings.append(f"tls.crl_files: {path}: CRL expired at {crl.next_update:%Y-%m-%dT%H:%M:%SZ}; "
+                                     "its revocations still apply")
+            if crl.this_update > now:
+                self.warnings.append(f"tls.crl_files: {path}: CRL not valid before "
+                                     f"{crl.this_update:%Y-%m-%dT%H:%M:%SZ}; its revocations apply already")
+        covered = self.revocations.issuers()
+        for path, ca in read_cas(ca_files):
+            if ca.subject not in covered:
+                self.warnings.append(f"tls.client_ca_files: {path}: no CRL for this CA; "
+                                     "its certificates are not checked for revocation")
+
+
+def subject_fields(peer_certificate, name):
+    """The values of attribute ``name`` (e.g. "commonName") in a getpeercert() subject."""
+    return [value for rdn in peer_certificate.get("subject", ()) for key, value in rdn if key == name]
