@@ -58,9 +58,12 @@ class Rule:
     """One service's rule (or the default rule), with its decisions built in advance."""
 
     __slots__ = ("name", "project", "action", "domains", "external_proxies", "ports", "mitm_domains",
-                 "allowed", "global_allow", "global_deny", "policy", "proxy_denied", "port_denied")
+                 "allowed", "global_allow", "global_deny", "policy", "proxy_denied", "port_denied", "fingerprint")
 
     def __init__(self, name, project, action, domains, external_proxies, ports, mitm_domains):
+        # What the rule says, comparable: a reload reports the rules whose fingerprint changed.
+        self.fingerprint = (project, action, tuple(sorted(domains)), tuple(sorted(external_proxies)),
+                            None if ports is None else tuple(sorted(ports)), tuple(sorted(mitm_domains or ())))
         self.name = name  # None for the default rule
         self.project = project
         self.action = action
@@ -101,9 +104,10 @@ class Rule:
 class Acl:
     """A loaded, validated ACL."""
 
-    __slots__ = ("path", "rules", "default", "global_allow", "global_deny", "warnings")
+    __slots__ = ("path", "rules", "default", "global_allow", "global_deny", "warnings", "lists")
 
     def __init__(self, path, rules, default, global_allow, global_deny, warnings):
+        self.lists = (tuple(sorted(global_allow)), tuple(sorted(global_deny)))
         self.path = path
         self.rules = rules
         self.default = default

@@ -111,8 +111,9 @@ def check_config(path, out=sys.stdout, err=sys.stderr):
 def serve(args, err=sys.stderr):
     from fastfog.config import ConfigError, load_config
 
+    flags = flags_from_args(args)
     try:
-        config = load_config(args.config_file, flags_from_args(args))
+        config = load_config(args.config_file, flags)
     except ConfigError as error:
         print(f"Could not create configuration: {error}", file=err)
         return 1
@@ -122,7 +123,7 @@ def serve(args, err=sys.stderr):
         return 1
     from fastfog.server import run
 
-    return run(config)
+    return run(config, reload=lambda: load_config(args.config_file, flags))
 
 
 def hash_password(user, role, stdin=sys.stdin, out=sys.stdout, err=sys.stderr):

@@ -403,7 +403,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 NOT_YET_SUPPORTED = frozenset({
     "support_proxy_protocol", "expose_prometheus_metrics", "statsd_address",
     "workers",
-    "webhook", "admin_socket", "sni_check", "time_connect",
+    "webhook", "sni_check", "time_connect",
 })
 NEVER_SUPPORTED = {
     "mitm_ca_cert_file": "fastfog does not intercept TLS (MITM); remove mitm_ca_cert_file and mitm_ca_key_file",

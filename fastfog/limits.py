@@ -70,6 +70,22 @@ class Limits:
                                   limits["max_concurrent_requests"], limits["max_concurrent_connect_tunnels"])
                       for role, limits in config.role_limits.items()}
 
+    def reconfigure(self, config, open_tunnels):
+        """New limits from a reload. What is being counted goes on being counted: requests and
+        tunnels in progress keep their places, and a role newly given limits starts with its open
+        tunnels (its requests in progress are not known per role, so they start at 0)."""
+        fresh = Limits(config)
+        for name, scope in [("", self.proxy)] + list(self.roles.items()):
+            target = fresh.proxy if name == "" else fresh.roles.get(name)
+            if target is not None:
+                target.requests, target.tunnels = scope.requests, scope.tunnels
+                if scope.bucket is not None and target.bucket is not None:
+                    target.bucket.tokens = min(scope.bucket.tokens, target.bucket.burst)
+        for name, scope in fresh.roles.items():
+            if name not in self.roles:
+                scope.tunnels = sum(1 for tunnel in open_tunnels if tunnel.role == name)
+        self.proxy, self.roles = fresh.proxy, fresh.roles
+
     def admit(self, role, connect):
         """None when the request may go on (it then counts until ``release``), else the Refusal."""
         scopes = (self.proxy,) if role not in self.roles else (self.proxy, self.roles[role])
@@ -88,10 +104,12 @@ class Limits:
         return None
 
     def release(self, role):
-        """A request admitted for ``role`` is no longer being processed."""
-        self.proxy.requests -= 1
+        """A request admitted for ``role`` is no longer being processed. (Never below zero: one
+        admitted before a reload gave its role limits was not counted there.)"""
+        self.proxy.requests = max(0, self.proxy.requests - 1)
         if role in self.roles:
-            self.roles[role].requests -= 1
+            scope = self.roles[role]
+            scope.requests = max(0, scope.requests - 1)
 
     def tunnel_opened(self, role):
         self.proxy.tunnels += 1
@@ -99,6 +117,7 @@ class Limits:
             self.roles[role].tunnels += 1
 
     def tunnel_closed(self, role):
-        self.proxy.tunnels -= 1
+        self.proxy.tunnels = max(0, self.proxy.tunnels - 1)
         if role in self.roles:
-            self.roles[role].tunnels -= 1
+            scope = self.roles[role]
+            scope.tunnels = max(0, scope.tunnels - 1)

@@ -132,13 +132,10 @@ class Proxy:
     def __init__(self, config, resolver, log, listen_port=None, own_addresses=(), tls=None):
         """``tls``: a ServerTLS when clients connect over TLS (replaceable: each new connection
         uses the current one)."""
-        self.config = config
-        self.tls = tls
         self.resolver = resolver
         self.log = log
-        self.policy = AddressPolicy(config.allow_ranges, config.deny_ranges, config.allow_addresses,
-                                    config.deny_addresses, config.unsafe_allow_private_ranges, listen_port,
-                                    own_addresses)
+        self._listen_port, self._own_addresses = listen_port, own_addresses
+        self._configure(config, tls)
         self.ids = logs.IdSource()
         self.tunnels = set()
         self.connections = set()  # client connections reading heads or opening an upstream
@@ -149,6 +146,18 @@ class Proxy:
                                  config.idle_timeout)
         self.limits = Limits(config)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
+
+    def _configure(self, config, tls):
+        self.config = config
+        self.tls = tls
+        self.policy = AddressPolicy(config.allow_ranges, config.deny_ranges, config.allow_addresses,
+                                    config.deny_addresses, config.unsafe_allow_private_ranges, self._listen_port,
+                                    self._own_addresses)
+
+    def reconfigure(self, config):
+        """A reload: new requests use ``config`` (validated by the caller); what is open goes on."""
+        self._configure(config, config.server_tls)
+        self.limits.reconfigure(config, self.tunnels)
 
     # --- accepting and dispatching ------------------------------------------------------------
 

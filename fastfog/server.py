@@ -5,6 +5,8 @@ each readable event accepts a batch of connections, so the proxy owns every
 client socket from the start (see proxy.py). SIGTERM, SIGINT and SIGUSR2 stop
 accepting at once, then wait for open tunnels to close or go idle, at most
 ``exit_timeout``; what is left is closed and logged ``active_at_termination``.
+SIGHUP reloads the configuration (see reload.py), as does ``POST /reload`` on
+the admin socket.
 """
 
 import asyncio
@@ -15,10 +17,11 @@ import time
 
 import uvloop
 
-from fastfog import stats
+from fastfog import logs, stats, unixhttp
 from fastfog.dns import Resolver
 from fastfog.logs import Log
 from fastfog.proxy import Proxy
+from fastfog.reload import Reloader
 
 ACCEPT_BATCH = 64
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
@@ -81,9 +84,10 @@ def own_addresses(listener):
     return [host]
 
 
-async def serve(config, log, ready=None, stop=None):
+async def serve(config, log, ready=None, stop=None, reload=None):
     """Serve until a shutdown signal, or until the future ``stop`` is done (embedding, tests);
-    ``ready(address)`` is called once listening."""
+    ``ready(address)`` is called once listening. ``reload()`` returns a freshly loaded Config
+    (raising ConfigError): SIGHUP and the admin socket's POST /reload call it."""
     loop = asyncio.get_running_loop()
     log.attach(loop)
     listener = open_listener(config.ip, config.port)
@@ -97,6 +101,8 @@ async def serve(config, log, ready=None, stop=None):
         for warning in config.acl.warnings:
             log.warning(warning, {"acl_file": config.acl.path})
     stopping = stop if stop is not None else loop.create_future()
+    reloader = Reloader(proxy, log, reload)
+    started = time.time()
 
     accept, family = listener._accept, listener.family
 
@@ -120,11 +126,15 @@ async def serve(config, log, ready=None, stop=None):
     if stop is None:
         for signum in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
     loop.add_reader(listener.fileno(), accept_ready)
     sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
     stats_socket = None
     if config.stats_socket_dir:
         stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
+    admin_socket = None
+    if config.admin_socket:
+        admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
     listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     log.info("listening", {"address": listen_text})
     if ready is not None:
@@ -142,6 +152,8 @@ async def serve(config, log, ready=None, stop=None):
         await _drain(proxy, config, log)
         if stats_socket is not None:
             stats.stop(*stats_socket)
+        if admin_socket is not None:
+            unixhttp.stop(admin_socket, config.admin_socket)
         proxy.pool.close()
         resolver.close()
         log.flush()
@@ -173,8 +185,33 @@ async def _drain(proxy, config, log):
     proxy.close_tunnels(None)
 
 
-def run(config):
+async def _start_admin_socket(path, proxy, reloader, started):
+    """``admin_socket``: POST /reload (the outcome; 422 when the new files were refused) and
+    GET /status (what is loaded and what is open). Mode 0600: only fastfog's user may use it."""
+    def reload():
+        outcome = reloader.reload("admin socket")
+        return (200 if outcome["ok"] else 422), outcome
+
+    def status():
+        config = proxy.config
+        return 200, {
+            "config_file": config.source,
+            "acl": None if config.acl is None else config.acl.summary(),
+            "tls": config.server_tls is not None,
+            "started": logs.rfc3339(started),
+            "uptime_seconds": round(time.time() - started, 3),
+            "reloads": reloader.count,
+            "last_reload": reloader.last,
+            "open_tunnels": len(proxy.tunnels),
+            "open_connections": len(proxy.connections),
+            "serving": proxy.serving,
+        }
+
+    return await unixhttp.serve(path, 0o600, {("POST", "/reload"): reload, ("GET", "/status"): status})
+
+
+def run(config, reload=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
     log = Log(config.log_format)
-    uvloop.run(serve(config, log))
+    uvloop.run(serve(config, log, reload=reload))
     return 0

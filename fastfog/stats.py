@@ -7,12 +7,10 @@ as requested), ``raddr`` (the address dialed), ``created``, ``bytesIn``,
 gets ``stats_socket_file_mode`` and is removed when fastfog exits.
 """
 
-import asyncio
-import json
 import os
 import time
 
-from fastfog import logs
+from fastfog import logs, unixhttp
 
 
 def snapshot(proxy):
@@ -33,33 +31,8 @@ def snapshot(proxy):
 async def start(proxy, directory, mode):
     """Serve the stats socket; returns (server, path)."""
     path = os.path.join(directory, f"track-{os.getpid()}.sock")
-    if os.path.exists(path):
-        os.unlink(path)
-
-    async def answer(reader, writer):
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if target.split(b"?")[0] == b"/":
-                status, body, kind = "200 OK", json.dumps(snapshot(proxy)).encode() + b"\n", "application/json"
-            else:
-                status, body, kind = "404 Not Found", b"only / is served here\n", "text/plain"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_unix_server(answer, path)
-    os.chmod(path, mode)
+    server = await unixhttp.serve(path, mode, {("GET", "/"): lambda: (200, snapshot(proxy))})
     return server, path
 
 
-def stop(server, path):
-    server.close()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+stop = unixhttp.stop

@@ -281,3 +281,34 @@ def test_chaining_is_refused_to_tls_clients_with_a_clear_answer(mtls_proxy, pki,
         assert head.status == 502
         assert b"X-Upstream-Https-Proxy is not available to TLS clients" in read_until_closed(sock, body)
     assert upstream_proxy.requests == []
+
+
+def test_reload_rereads_crls_and_open_tunnels_carry_on(start_proxy, pki, echo, tmp_path):
+    import signal
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    crl = tmp_path / "live.crl"
+    crl.write_bytes(open(pki["ca.crl"], "rb").read())
+    flags = ["--tls-server-bundle-file", pki["proxy"], "--tls-client-ca-file", pki["ca"], "--tls-crl-file", str(crl)]
+    proxy = start_proxy(*flags, acl=ACL)
+    tunnel, head, _ = tls_tunnel(proxy, pki, "enforce", "origin.test:7")
+    assert head.status == 200
+    enforce = x509.load_pem_x509_certificate(open(pki["enforce"], "rb").read())
+    crl.write_bytes(pki["authorities"]["ca"].crl([enforce]).public_bytes(Encoding.PEM))
+    proxy.process.send_signal(signal.SIGHUP)
+    [reloaded] = proxy.records("configuration reloaded", wait_for=1)
+    assert "TLS files re-read" in reloaded["changes"]
+    with tunnel:
+        tunnel.sendall(b"open before")
+        assert tunnel.recv(100) == b"open before"
+    with tls_connect(proxy, pki, "enforce") as sock:
+        sock.sendall(b"CONNECT origin.test:7 HTTP/1.1\r\n\r\n")
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            if not sock.recv(100):
+                raise ConnectionResetError("closed")
+    assert proxy.records("TLS handshake error", wait_for=1)[0]["error"] == "client certificate revoked"
+    sock, head, _ = tls_tunnel(proxy, pki, "revoked", "origin.test:7")  # the new CRL no longer lists it
+    sock.close()
+    assert head.status == 200
