@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 
-from fastfog import der, responses, sockio
+from fastfog import der, proxyproto, responses, sockio
 from fastfog.acl import AUTH_REQUIRED, Decision, parse_upstream_proxy
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
@@ -204,6 +204,85 @@ class ClientConnection:
             self._stop_waiting()
             self.sock.close()
             self.proxy.connections.discard(self)
+
+
+class ProxyHeader:
+    """``--proxy-protocol``: read a PROXY v1/v2 header (see proxyproto.py) with MSG_PEEK, take
+    exactly its bytes, then go on with the client address it carries; bounded by
+    read_header_timeout. A malformed header is logged and closes only this connection."""
+
+    __slots__ = ("proxy", "sock", "fd", "address", "_timer", "_reading", "_then")
+
+    PEEK = 536  # a v2 header with both IPv6 addresses and a few TLVs; longer ones are peeked again
+
+    def __init__(self, proxy, sock, address, then):
+        """``then(sock, address)`` continues with the client's address."""
+        self.proxy, self.sock, self.fd, self.address, self._then = proxy, sock, sock.fileno(), address, then
+        self._timer = None
+        self._reading = False
+        proxy.connections.add(self)
+
+    def start(self):
+        self._timer = self.proxy.loop.call_later(self.proxy.config.read_header_timeout or 60.0, self._timed_out)
+        self._step()
+
+    def _step(self):
+        size = self.PEEK
+        try:
+            while True:
+                data = self.sock.recv(size, socket.MSG_PEEK)
+                if not data:
+                    self.close()
+                    return
+                found = proxyproto.parse(data)
+                if found is None and len(data) == size and data[:12] == proxyproto.V2_SIGNATURE:
+                    size = proxyproto.V2_HEADER + int.from_bytes(data[14:16], "big")
+                    continue
+                break
+        except BlockingIOError:
+            found = None
+        except ValueError as err:
+            self._fail(str(err))
+            return
+        except OSError:
+            self.close()
+            return
+        if found is None:  # not all of it yet
+            if not self._reading:
+                self._reading = True
+                self.proxy.loop.add_reader(self.fd, self._step)
+            return
+        length, carried = found
+        try:
+            if length:
+                self.sock.recv(length)  # exactly the header: the peek showed it is all there
+        except OSError:
+            self.close()
+            return
+        self._stop()
+        self._then(self.sock, carried or self.address)
+
+    def _stop(self):
+        if self._reading:
+            self._reading = False
+            self.proxy.loop.remove_reader(self.fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.proxy.connections.discard(self)
+
+    def _timed_out(self):
+        self._timer = None
+        self._fail("PROXY protocol header did not arrive in time")
+
+    def _fail(self, error):
+        self.proxy.log.warning("bad PROXY protocol header", {"inbound_remote_addr": peer_text(self.address),
+                                                             "error": error})
+        self.close()
+
+    def close(self):
+        self._stop()
+        self.sock.close()
 
 
 class Handshake:

@@ -24,6 +24,7 @@ from fastfog.acl import (
 from fastfog.classify import AddressPolicy
 from fastfog.connection import (
     Handshake,
+    ProxyHeader,
     READ_SIZE,
     ClientConnection,
     Opening,
@@ -165,6 +166,13 @@ class Proxy:
         """Take a freshly accepted client socket."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.support_proxy_protocol:
+            ProxyHeader(self, sock, address, self._accepted).start()
+        else:
+            self._accepted(sock, address)
+
+    def _accepted(self, sock, address):
+        """A client socket ready for its TLS handshake (on the TLS listener) or its first request."""
         if self.tls is not None:
             Handshake(self, self.tls, sock, address).start()
         else:

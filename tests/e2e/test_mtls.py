@@ -312,3 +312,15 @@ def test_reload_rereads_crls_and_open_tunnels_carry_on(start_proxy, pki, echo, t
     sock, head, _ = tls_tunnel(proxy, pki, "revoked", "origin.test:7")  # the new CRL no longer lists it
     sock.close()
     assert head.status == 200
+
+
+def test_proxy_protocol_header_before_the_tls_handshake(mtls_proxy, pki, echo):
+    proxy = mtls_proxy("--proxy-protocol")
+    raw = socket.create_connection(proxy.address, timeout=10)
+    raw.sendall(b"PROXY TCP4 192.0.2.50 203.0.113.1 5555 4750\r\n")
+    with client_context(pki, "enforce").wrap_socket(raw, server_hostname="proxy.test") as sock:
+        sock.sendall(b"CONNECT origin.test:7 HTTP/1.1\r\n\r\n")
+        head, _ = read_head(sock)
+        assert head.status == 200
+    [record] = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)
+    assert (record["inbound_remote_addr"], record["role"]) == ("192.0.2.50:5555", "enforce-client")
