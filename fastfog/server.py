@@ -6,10 +6,12 @@ client socket from the start (see proxy.py). SIGTERM, SIGINT and SIGUSR2 stop
 accepting at once, then wait for open tunnels to close or go idle, at most
 ``exit_timeout``; what is left is closed and logged ``active_at_termination``.
 SIGHUP reloads the configuration (see reload.py), as does ``POST /reload`` on
-the admin socket.
+the admin socket. Under Einhorn the listener is the one Einhorn passes down.
 """
 
 import asyncio
+import json
+import os
 import _socket
 import signal
 import socket
@@ -53,6 +55,31 @@ def open_listener(ip, port, reuse_port=False):
     return sock
 
 
+def einhorn_listener():
+    """Under Einhorn (its master our parent), the listener it opened for us: ``EINHORN_FD_0``."""
+    fd, master = os.environ.get("EINHORN_FD_0"), os.environ.get("EINHORN_MASTER_PID")
+    if fd is None or master is None or not master.isdigit() or int(master) != os.getppid():
+        return None
+    sock = socket.socket(fileno=int(fd))
+    sock.setblocking(False)
+    return sock
+
+
+def einhorn_ack(log):
+    """Tell Einhorn this worker is up (``worker:ack`` on ``EINHORN_SOCK_PATH``), as go-einhorn does."""
+    path, master = os.environ.get("EINHORN_SOCK_PATH"), os.environ.get("EINHORN_MASTER_PID")
+    if path is None or master is None or not master.isdigit() or int(master) != os.getppid():
+        return
+    message = json.dumps({"command": "worker:ack", "pid": os.getpid()}, separators=(",", ":"))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
+            control.settimeout(5)
+            control.connect(path)
+            control.sendall(message.encode() + b"\n")
+    except OSError as err:
+        log.error("could not acknowledge to Einhorn", {"error": str(err), "path": path})
+
+
 def local_addresses():
     """This host's interface addresses (Linux /proc), for the self-connection check."""
     found = set()
@@ -90,7 +117,7 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     (raising ConfigError): SIGHUP and the admin socket's POST /reload call it."""
     loop = asyncio.get_running_loop()
     log.attach(loop)
-    listener = open_listener(config.ip, config.port)
+    listener = einhorn_listener() or open_listener(config.ip, config.port)
     address = listener.getsockname()
     resolver = Resolver(config.resolver_addresses, config.dns_timeout, config.network, config.dns_cache)
     if config.server_tls is not None:
@@ -137,6 +164,7 @@ async def serve(config, log, ready=None, stop=None, reload=None):
         admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
     listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     log.info("listening", {"address": listen_text})
+    einhorn_ack(log)
     if ready is not None:
         ready(address)
     try:

@@ -340,6 +340,25 @@ def test_a_client_trickling_its_head_is_dropped_while_others_are_served(start_pr
     assert dropped_after is not None and 0.5 < dropped_after < 3
 
 
+def test_hundreds_of_stalled_heads_do_not_starve_a_real_client(start_proxy, echo):
+    proxy = start_proxy(config="read_header_timeout: 2s\n")
+    stalled = []
+    try:
+        for _ in range(400):
+            sock = socket.create_connection(proxy.address, timeout=5)
+            sock.sendall(b"CONNECT origin.test:7 HTTP/1.1\r\nX-Slow: ")
+            stalled.append(sock)
+        started = time.monotonic()
+        sock, head, _ = connect(proxy.address, ECHO)
+        sock.close()
+        assert head.status == 200 and time.monotonic() - started < 1
+        stalled[0].settimeout(5)
+        assert stalled[0].recv(10) == b""  # and each stalled one is dropped at its timeout
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 def test_logfmt_records(start_proxy, echo):
     proxy = start_proxy(config="log_format: logfmt\n")
     sock, head, _ = connect(proxy.address, ECHO, headers=b"X-Smokescreen-Trace-ID: t 1\r\n")
