@@ -53,3 +53,29 @@ def test_role_limits_stack_on_the_global_ones():
     assert proxy.admit("other", False) is limits.OVERLOADED  # the global limit, shared
     proxy.release("webhooks")
     assert proxy.roles["webhooks"].requests == 0 and proxy.proxy.requests == 2
+
+
+def role_limits(requests=0, tunnels=0):
+    return {"max_request_rate": 0.0, "max_request_burst": None, "max_concurrent_requests": requests,
+            "max_concurrent_connect_tunnels": tunnels}
+
+
+def test_a_reload_keeps_what_is_counted():
+    proxy = limits.Limits(config(requests=5, tunnels=5, roles={"a": role_limits(tunnels=1)}))
+    assert proxy.admit("a", True) is None and proxy.admit("b", True) is None
+    proxy.tunnel_opened("a")
+    proxy.tunnel_opened("b")
+    open_tunnels = [SimpleNamespace(role="a"), SimpleNamespace(role="b")]
+    proxy.reconfigure(config(requests=2, tunnels=2, roles={"a": role_limits(tunnels=1),
+                                                           "b": role_limits(tunnels=1)}), open_tunnels)
+    assert (proxy.proxy.requests, proxy.proxy.tunnels, proxy.proxy.max_requests) == (2, 2, 2)
+    assert proxy.roles["a"].tunnels == 1 and proxy.roles["b"].tunnels == 1  # b: counted from the open tunnels
+    assert proxy.admit("c", False) is limits.OVERLOADED
+    proxy.release("a")
+    proxy.release("b")
+    assert proxy.admit("b", True) is limits.TOO_MANY_TUNNELS
+    proxy.reconfigure(config(), [])
+    for _ in range(3):  # releases of requests admitted under other limits never go below zero
+        proxy.release("b")
+        proxy.tunnel_closed("a")
+    assert (proxy.proxy.requests, proxy.proxy.tunnels) == (0, 0)
