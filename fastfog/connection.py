@@ -23,12 +23,14 @@ import ssl
 import time
 
 from fastfog import der, proxyproto, responses, sockio
-from fastfog.acl import AUTH_REQUIRED, Decision, parse_upstream_proxy
+from fastfog.acl import AUTH_REQUIRED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
 from fastfog.hotpaths import HeadError, parse_request_head
 
 READ_SIZE = 65536
+DIAL_ERRORS = {errno.ETIMEDOUT: "timeout", errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset",
+               errno.ECONNABORTED: "aborted"}  # the cn.atpt.connect.err types
 MAX_HEAD_SIZE = 65536
 UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
 
@@ -366,7 +368,8 @@ class Opening:
     """Decide, resolve, classify and dial for one request, with loop callbacks."""
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
-                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse", "role")
+                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse", "role",
+                 "named")
 
     def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
@@ -377,6 +380,7 @@ class Opening:
         self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
         self.decision = self.via = self.address = self.upstream = self._timer = self.role = None
         self.lookup_ms = 0
+        self.named = False  # a host name was looked up (not an IP literal)
 
     @_guarded
     def start(self):
@@ -397,10 +401,14 @@ class Opening:
         refusal = proxy.limits.admit(role, self.connect)
         if refusal is not None:
             fields["role"], fields["project"] = role, ""
+            proxy.metrics.incr(refusal.metric)
             self.done(None, proxy.limited(head, fields, refusal, self.close), self.close)
             return
         self.role = role
         self.decision = decision = proxy.decide(role, role_error, host, head.port, upstream_proxy)
+        if role_error is ROLE_NOT_DETERMINED:
+            proxy.metrics.incr("acl.role_not_determined")
+        proxy.metrics.acl_decision(decision, role)
         fields["role"] = role
         fields["project"] = decision.project
         if not decision.allow:
@@ -422,6 +430,8 @@ class Opening:
         if host.address is not None:
             self._resolved((host.name,))
             return
+        proxy.metrics.incr("resolver.attempts_total")
+        self.named = True
         try:
             addresses = proxy.resolver.cached(host.name)
         except ResolveError as err:
@@ -448,6 +458,8 @@ class Opening:
 
     def _resolve_failed(self, err):
         self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
+        self.proxy.metrics.incr("resolver.errors_total")
+        self.proxy.metrics.observe("resolver.lookup_time", (time.monotonic() - self.lookup_started) * 1000)
         status = 504 if err.timeout else 502
         message = (f"Timed out connecting to remote host: {err}" if err.timeout
                    else f"Failed to resolve remote hostname: {err}")
@@ -462,8 +474,12 @@ class Opening:
             self._release()
             self.done(None, None, True)
             return
+        if self.named:
+            proxy.metrics.observe("resolver.lookup_time", (time.monotonic() - self.lookup_started) * 1000)
         pick = proxy.policy.pick(addresses, self.port)
+        proxy.metrics.incr(pick.address_class.metric)
         if not pick.allowed:
+            proxy.metrics.incr("resolver.errors_total")  # as Smokescreen: an address deny is a resolver error
             self._answer(proxy.rejection(self.head, self.fields, proxy.address_denial(self.decision, pick),
                                          self.lookup_ms, self.connect, self.close))
             return
@@ -497,6 +513,8 @@ class Opening:
     def _dial_ended(self, error, reused=False):
         proxy = self.proxy
         target = peer_text((self.address, self.port))
+        if not reused:
+            self._count_dial(error)
         if error:
             self.upstream.close()
             cause = os.strerror(error).lower()
@@ -522,8 +540,17 @@ class Opening:
         proxy = self.proxy
         proxy.loop.remove_writer(self.upstream.fileno())
         self.upstream.close()
+        self._count_dial(errno.ETIMEDOUT)
         message = f"Timed out connecting to remote host: dial tcp {peer_text((self.address, self.port))}: i/o timeout"
         self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 504, message, self.close))
+
+    def _count_dial(self, error):
+        metrics = self.proxy.metrics
+        metrics.incr("cn.atpt.total", (("success", "false" if error else "true"),))
+        if error:
+            metrics.incr("cn.atpt.connect.err", (("type", DIAL_ERRORS.get(error, "unknown")),))
+        elif self.proxy.config.time_connect:
+            metrics.observe("cn.atpt.connect.time", (time.monotonic() - self.dial_started) * 1000)
 
     def _answer(self, answer):
         self._release()

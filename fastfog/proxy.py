@@ -33,6 +33,7 @@ from fastfog.connection import (
 )
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
 from fastfog.limits import Limits
+from fastfog.metrics import Metrics
 from fastfog.pool import UpstreamPool
 from fastfog.roles import RequestView
 from fastfog.tls import TLSRelay, subject_fields
@@ -146,6 +147,8 @@ class Proxy:
         self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
                                  config.idle_timeout)
         self.limits = Limits(config)
+        self.metrics = Metrics()
+        self.metrics.gauge("requests.concurrent", lambda: self.limits.proxy.requests)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
 
     def _configure(self, config, tls):
@@ -407,6 +410,7 @@ class Proxy:
     def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
         self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
                                       "conn_establish_time_ms": upstream.connect_ms})
+        self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
         tunnel = Tunnel(fields, started, fields["role"])
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
@@ -506,6 +510,8 @@ class Proxy:
         if tunnel.active_at_termination:
             record["active_at_termination"] = True
         self.log.info(logs.CONNECTION_CLOSE, record)
+        self.metrics.connection_closed(tunnel.role, tunnel.fields["project"], record["duration"], relay.bytes_in,
+                                       relay.bytes_out, tunnel.active_at_termination)
 
     def close_tunnels(self, reason):
         """Force-close every open tunnel (end of graceful shutdown); each logs its close record."""
@@ -532,7 +538,8 @@ class Proxy:
     async def _forward_one(self, conn, head):
         """Decide, send the request upstream, stream the response back. True: keep the connection."""
         sock = conn.sock
-        fields = self.request_fields(conn, "http", head)
+        started = time.time()
+        fields = self.request_fields(conn, "http", head, started)
         if head.scheme != "http":
             await self.send_final(sock, responses.rejection(
                 head.version, 501, "Not Implemented",
@@ -553,7 +560,9 @@ class Proxy:
                         await sockio.sendall(self.loop, sock, answer)
                 return not close
             try:
-                return await self._exchange(conn, head, fields, upstream)
+                keep_alive = await self._exchange(conn, head, fields, upstream)
+                self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
+                return keep_alive
             except NoResponse as err:
                 self.limits.release(upstream.role)
                 # A pooled connection the server had closed: once more on a new one, if the

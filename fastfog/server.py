@@ -22,6 +22,7 @@ import uvloop
 from fastfog import logs, stats, unixhttp
 from fastfog.dns import Resolver
 from fastfog.logs import Log
+from fastfog.metrics import StatsdSink, serve_prometheus
 from fastfog.proxy import Proxy
 from fastfog.reload import Reloader
 
@@ -159,6 +160,7 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     stats_socket = None
     if config.stats_socket_dir:
         stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
+    exporters = await _start_metrics(config, proxy, log)
     admin_socket = None
     if config.admin_socket:
         admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
@@ -182,6 +184,8 @@ async def serve(config, log, ready=None, stop=None, reload=None):
             stats.stop(*stats_socket)
         if admin_socket is not None:
             unixhttp.stop(admin_socket, config.admin_socket)
+        for exporter in exporters:
+            exporter.close()
         proxy.pool.close()
         resolver.close()
         log.flush()
@@ -211,6 +215,52 @@ async def _drain(proxy, config, log):
             break
         await asyncio.sleep(min(0.1, config.exit_timeout - (now - started)))
     proxy.close_tunnels(None)
+
+
+class _StatsdGauges:
+    """Gauges go to statsd every GAUGE_PERIOD seconds (counters and timings go as they happen)."""
+
+    GAUGE_PERIOD = 10.0
+
+    def __init__(self, loop, metrics, sink):
+        self.metrics, self.sink = metrics, sink
+        self.task = loop.create_task(self._run())
+
+    async def _run(self):
+        while True:
+            await asyncio.sleep(self.GAUGE_PERIOD)
+            for name, read in self.metrics.gauges.items():
+                self.sink.add(name, read(), "g", ())
+
+    def close(self):
+        self.task.cancel()
+        self.sink.close()
+
+
+async def _start_metrics(config, proxy, log):
+    """The exporters the config asks for (Prometheus endpoint, statsd sink); each has close()."""
+    exporters = []
+    metrics = proxy.metrics
+    if config.expose_prometheus_metrics:
+        exporters.append(await serve_prometheus(metrics, config.prometheus_listen_ip, config.prometheus_port,
+                                                config.prometheus_endpoint))
+        log.info("serving Prometheus metrics", {"address": f"{config.prometheus_listen_ip}:{config.prometheus_port}",
+                                                "endpoint": config.prometheus_endpoint})
+    if config.statsd_address:
+        loop = asyncio.get_running_loop()
+        reported = [0.0]
+
+        def dropped():
+            metrics.count_locally("fastfog.statsd.dropped")
+            if time.monotonic() - reported[0] >= 60:  # at most one record a minute
+                reported[0] = time.monotonic()
+                log.warning("statsd datagrams dropped", {"statsd_address": config.statsd_address,
+                                                         "dropped_total": sink.dropped})
+
+        sink = StatsdSink(loop, config.statsd_address, dropped)
+        metrics.statsd = sink
+        exporters.append(_StatsdGauges(loop, metrics, sink))
+    return exporters
 
 
 async def _start_admin_socket(path, proxy, reloader, started):

@@ -1,0 +1,272 @@
+"""Smokescreen's metrics (SPEC 4.2), counted in-process, exposed to Prometheus and sent to DogStatsD.
+
+Every metric has Smokescreen's name and tags, so dashboards and alerts keep
+working. ``Metrics`` counts into plain dicts on the connection path (a dict
+update per event); the exporters read them:
+
+- Prometheus (``--expose-prometheus-metrics``): text format on its own HTTP
+  listener, names with ``.`` → ``_`` and no ``_total`` added (Smokescreen's
+  Go client adds none), timings as ``<name>_timer`` histograms in
+  milliseconds. fastfog renders the text format itself: prometheus-client
+  appends ``_total`` to every counter, which would rename ``acl_allow`` and
+  break every existing dashboard.
+- DogStatsD (``--statsd-address``): ``smokescreen.``-prefixed lines with
+  ``k:v`` tags, gathered while the loop runs and sent in as few UDP datagrams
+  as fit, once per loop iteration; a send never blocks, and datagrams the
+  kernel refuses are counted (``fastfog.statsd.dropped``), never retried.
+
+Label values are bounded: roles are sanitised (``|@#:"{}\\`` and control
+characters become ``_``), at most ``MAX_ROLES`` distinct roles are kept per
+metric (later ones count as ``_overflow_``), and nothing unbounded (host
+names, addresses) is ever a label.
+
+Several worker processes: each keeps its own counts; ``snapshot()`` and
+``merge()`` turn them into one view (counters and histogram buckets add up,
+gauges add up), which is how a parent process would serve one endpoint.
+"""
+
+import asyncio
+import math
+import socket
+
+MAX_ROLES = 256
+OVERFLOW = "_overflow_"
+_UNSAFE = frozenset('|@#:"{}\\')
+TIME_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+BYTE_BUCKETS = tuple(256 * 4 ** power for power in range(12))  # 256 B to 1 GiB
+SECOND_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+HISTOGRAMS = {"cn.duration": SECOND_BUCKETS, "cn.bytes_in": BYTE_BUCKETS, "cn.bytes_out": BYTE_BUCKETS}
+TIMINGS = frozenset({"resolver.lookup_time", "cn.atpt.connect.time", "proxy_duration_ms"})
+STATSD_PREFIX = "smokescreen."
+DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
+
+
+def sanitise(value):
+    """A label value safe for both exporters."""
+    if all(c not in _UNSAFE and c.isprintable() for c in value):
+        return value
+    return "".join("_" if c in _UNSAFE or not c.isprintable() else c for c in value)
+
+
+def prometheus_name(name):
+    return name.replace(".", "_").replace("-", "_")
+
+
+class Metrics:
+    """Counts events; ``statsd`` (a StatsdSink) also receives each one as it happens."""
+
+    def __init__(self, statsd=None, max_roles=MAX_ROLES):
+        self.counters = {}  # (name, labels) -> value; labels: tuple of (key, value) pairs, sorted
+        self.histograms = {}  # (name, labels) -> [count per bucket..., sum, count]
+        self.gauges = {}  # name -> function returning the current value
+        self.statsd = statsd
+        self.max_roles = max_roles
+        self._roles = {}  # metric name -> {raw role: label value}
+
+    def role(self, metric, raw):
+        """The label value for ``raw`` in ``metric``: sanitised, and capped per metric."""
+        seen = self._roles.get(metric)
+        if seen is None:
+            seen = self._roles[metric] = {}
+        value = seen.get(raw)
+        if value is None:
+            value = sanitise(raw) if len(seen) < self.max_roles else OVERFLOW
+            if len(seen) < 4 * self.max_roles:  # remember overflowing names too, up to a bound
+                seen[raw] = value
+        return value
+
+    def incr(self, name, labels=(), value=1):
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0) + value
+        if self.statsd is not None:
+            self.statsd.add(name, value, "c", labels)
+
+    def observe(self, name, value, labels=()):
+        """A timing (ms) or a distribution (bytes, seconds)."""
+        buckets = HISTOGRAMS.get(name, TIME_BUCKETS_MS)
+        key = (name, labels)
+        slots = self.histograms.get(key)
+        if slots is None:
+            slots = self.histograms[key] = [0] * (len(buckets) + 2)
+        for index, bound in enumerate(buckets):
+            if value <= bound:
+                slots[index] += 1
+                break
+        slots[-2] += value
+        slots[-1] += 1
+        if self.statsd is not None:
+            self.statsd.add(name, value, "ms" if name in TIMINGS else "h", labels)
+
+    def count_locally(self, name):
+        """A counter of fastfog's own (not sent to statsd: it may be about statsd)."""
+        key = (name, ())
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    def gauge(self, name, read):
+        """A gauge read when exported (``read()`` returns its value)."""
+        self.gauges[name] = read
+
+    # --- the events, with Smokescreen's names and tags -------------------------------------
+
+    def acl_decision(self, decision, role):
+        if decision.result is None:
+            return
+        self.incr("acl." + decision.result, (("def_rule", "true" if decision.default_rule else "false"),
+                                             ("project", sanitise(decision.project or "")),
+                                             ("role", self.role("acl", role))))
+
+    def connection_closed(self, role, project, duration, bytes_in, bytes_out, active_at_termination):
+        labels = (("project", sanitise(project or "")), ("role", self.role("cn", role)))
+        self.incr("cn.close", labels)
+        if active_at_termination:
+            self.incr("cn.active_at_termination", labels)
+        self.observe("cn.duration", duration, labels)
+        self.observe("cn.bytes_in", bytes_in, labels)
+        self.observe("cn.bytes_out", bytes_out, labels)
+
+    # --- export --------------------------------------------------------------------------------
+
+    def snapshot(self):
+        """Plain data of everything counted (gauges read now), for merging across processes."""
+        return {
+            "counters": dict(self.counters),
+            "histograms": {key: list(slots) for key, slots in self.histograms.items()},
+            "gauges": {name: read() for name, read in self.gauges.items()},
+        }
+
+    def prometheus_text(self):
+        return render_prometheus(self.snapshot())
+
+
+def merge(snapshots):
+    """Several processes' snapshots as one: everything adds up."""
+    merged = {"counters": {}, "histograms": {}, "gauges": {}}
+    for snapshot in snapshots:
+        for key, value in snapshot["counters"].items():
+            merged["counters"][key] = merged["counters"].get(key, 0) + value
+        for key, slots in snapshot["histograms"].items():
+            total = merged["histograms"].setdefault(key, [0] * len(slots))
+            for index, value in enumerate(slots):
+                total[index] += value
+        for name, value in snapshot["gauges"].items():
+            merged["gauges"][name] = merged["gauges"].get(name, 0) + value
+    return merged
+
+
+def _labels(pairs, extra=()):
+    pairs = tuple(pairs) + tuple(extra)
+    if not pairs:
+        return ""
+    text = ",".join('{}="{}"'.format(key, str(value).replace("\\", "\\\\").replace('"', '\\"')
+                                      .replace("\n", "\\n")) for key, value in pairs)
+    return "{" + text + "}"
+
+
+def _number(value):
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "+Inf" if value > 0 else "-Inf"
+        return repr(value)
+    return str(value)
+
+
+def render_prometheus(snapshot):
+    """The Prometheus text format (0.0.4) of a snapshot."""
+    lines = []
+    by_name = {}
+    for (name, labels), value in sorted(snapshot["counters"].items()):
+        by_name.setdefault(name, []).append((labels, value))
+    for name, series in by_name.items():
+        exported = prometheus_name(name)
+        lines.append(f"# TYPE {exported} counter")
+        lines += [f"{exported}{_labels(labels)} {_number(value)}" for labels, value in series]
+    by_name = {}
+    for (name, labels), slots in sorted(snapshot["histograms"].items()):
+        by_name.setdefault(name, []).append((labels, slots))
+    for name, series in by_name.items():
+        exported = prometheus_name(name) + ("_timer" if name in TIMINGS else "")
+        buckets = HISTOGRAMS.get(name, TIME_BUCKETS_MS)
+        lines.append(f"# TYPE {exported} histogram")
+        for labels, slots in series:
+            cumulative = 0
+            for bound, count in zip(buckets, slots):
+                cumulative += count
+                lines.append(f"{exported}_bucket{_labels(labels, (('le', _number(float(bound))),))} {cumulative}")
+            lines.append(f"{exported}_bucket{_labels(labels, (('le', '+Inf'),))} {slots[-1]}")
+            lines.append(f"{exported}_sum{_labels(labels)} {_number(slots[-2])}")
+            lines.append(f"{exported}_count{_labels(labels)} {slots[-1]}")
+    for name, value in sorted(snapshot["gauges"].items()):
+        exported = prometheus_name(name)
+        lines += [f"# TYPE {exported} gauge", f"{exported} {_number(value)}"]
+    return "\n".join(lines) + "\n"
+
+
+class StatsdSink:
+    """DogStatsD over UDP: lines gathered during a loop iteration, sent at its end, never blocking."""
+
+    def __init__(self, loop, address, on_drop=None):
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.connect((host, int(port)))
+        self.loop = loop
+        self.pending = []
+        self.dropped = 0
+        self.sent = 0
+        self.on_drop = on_drop
+
+    def add(self, name, value, kind, labels):
+        tags = ",".join(f"{key}:{value}" for key, value in labels)
+        number = _number(value) if kind != "c" else str(value)
+        line = f"{STATSD_PREFIX}{name}:{number}|{kind}" + (f"|#{tags}" if tags else "")
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append(line)
+
+    def flush(self):
+        lines, self.pending = self.pending, []
+        datagram = ""
+        for line in lines:
+            if datagram and len(datagram) + 1 + len(line) > DATAGRAM:
+                self._send(datagram)
+                datagram = ""
+            datagram = f"{datagram}\n{line}" if datagram else line
+        if datagram:
+            self._send(datagram)
+
+    def _send(self, datagram):
+        try:
+            self.sock.send(datagram.encode("utf-8", "replace"))
+            self.sent += 1
+        except OSError:  # full buffer, nobody listening (ECONNREFUSED): the datagram is gone
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+
+    def close(self):
+        self.flush()
+        self.sock.close()
+
+
+async def serve_prometheus(metrics, host, port, endpoint):
+    """The scrape endpoint: GET ``endpoint`` answers the text format; anything else 404."""
+    async def answer(reader, writer):
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            line = request.split(b"\r\n", 1)[0].split(b" ")
+            if len(line) == 3 and line[0] in (b"GET", b"HEAD") and line[1].split(b"?")[0] == endpoint.encode():
+                body = metrics.prometheus_text().encode()
+                status, kind = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+            else:
+                body, status, kind = b"not found\n", "404 Not Found", "text/plain"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (body if line[0] != b"HEAD" else b""))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port, reuse_address=True)
