@@ -28,6 +28,7 @@ gauges add up), which is how a parent process would serve one endpoint.
 import asyncio
 import math
 import socket
+from bisect import bisect_left
 
 MAX_ROLES = 256
 OVERFLOW = "_overflow_"
@@ -88,10 +89,9 @@ class Metrics:
         slots = self.histograms.get(key)
         if slots is None:
             slots = self.histograms[key] = [0] * (len(buckets) + 2)
-        for index, bound in enumerate(buckets):
-            if value <= bound:
-                slots[index] += 1
-                break
+        index = bisect_left(buckets, value)
+        if index < len(buckets):  # past the last bound: only the +Inf bucket (the count) has it
+            slots[index] += 1
         slots[-2] += value
         slots[-1] += 1
         if self.statsd is not None:
@@ -213,17 +213,20 @@ class StatsdSink:
         self.sock.connect((host, int(port)))
         self.loop = loop
         self.pending = []
+        self._formats = {}
         self.dropped = 0
         self.sent = 0
         self.on_drop = on_drop
 
     def add(self, name, value, kind, labels):
-        tags = ",".join(f"{key}:{value}" for key, value in labels)
-        number = _number(value) if kind != "c" else str(value)
-        line = f"{STATSD_PREFIX}{name}:{number}|{kind}" + (f"|#{tags}" if tags else "")
+        key = (name, kind, labels)
+        parts = self._formats.get(key)
+        if parts is None:  # each series is formatted once; label values are bounded (see Metrics.role)
+            tags = ",".join(f"{tag}:{tag_value}" for tag, tag_value in labels)
+            parts = self._formats[key] = (f"{STATSD_PREFIX}{name}:", f"|{kind}" + (f"|#{tags}" if tags else ""))
         if not self.pending:
             self.loop.call_soon(self.flush)
-        self.pending.append(line)
+        self.pending.append(parts[0] + (str(value) if type(value) is int else _number(value)) + parts[1])
 
     def flush(self):
         lines, self.pending = self.pending, []
