@@ -206,20 +206,40 @@ class _KeepAlive(_Dial):
 
 
 class Workload:
-    """Runs ``concurrency`` slots of ``kind`` (_Tunnel or _KeepAlive) until ``seconds`` pass."""
+    """Runs ``concurrency`` slots of ``kind`` (_Tunnel or _KeepAlive) until ``seconds`` pass.
 
-    def __init__(self, loop, kind, target, concurrency, seconds, *, head=None, request=b"", reply_size=0):
+    Closed loop by default (each slot starts its next transaction when one ends); with
+    ``rate``, open loop: a new transaction every 1/rate seconds, however long the others take,
+    so a slow proxy shows as latency rather than as fewer requests.
+    """
+
+    def __init__(self, loop, kind, target, concurrency, seconds, *, head=None, request=b"", reply_size=0,
+                 rate=None):
         self.loop, self.kind, self.target = loop, kind, target
         self.head, self.request, self.reply_size = head, request, reply_size
         self.tally = Tally()
         self.deadline = time.perf_counter() + seconds
         self.active = 0
         self.concurrency = concurrency
+        self.rate = rate
         self.finished = loop.create_future()
 
     def start(self):
+        if self.rate:
+            self._started_at = self.loop.time()
+            self._ticks = 0
+            self._tick()
+            return
         for _ in range(self.concurrency):
             self._open()
+
+    def _tick(self):
+        if not self.running():
+            self._maybe_finish()
+            return
+        self._open()
+        self._ticks += 1
+        self.loop.call_at(self._started_at + self._ticks / self.rate, self._tick)
 
     def running(self):
         return time.perf_counter() < self.deadline
@@ -229,21 +249,26 @@ class Workload:
         self.kind(self)
 
     def next(self):
-        """A slot's transaction ended: open the next one, or finish when the time is up."""
+        """A transaction ended: in a closed loop its slot opens the next one; finish when time is up."""
         self.active -= 1
-        if self.running():
+        if self.rate is None and self.running():
             self._open()
-        elif self.active == 0 and not self.finished.done():
+        else:
+            self._maybe_finish()
+
+    def _maybe_finish(self):
+        if self.active == 0 and not self.running() and not self.finished.done():
             self.finished.set_result(None)
 
 
-async def run_connect(target, origin, concurrency, seconds, request_size, reply_size):
+async def run_connect(target, origin, concurrency, seconds, request_size, reply_size, rate=None, by_name=None):
     """Tunnels through the proxy at ``target`` to ``origin`` (or straight to origin when target
-    is None)."""
+    is None); CONNECT names ``by_name`` instead of origin's address when given. ``rate``: open
+    loop at that many tunnels a second."""
     loop = asyncio.get_running_loop()
-    head = None if target is None else connect_head(*origin)
+    head = None if target is None else connect_head(by_name or origin[0], origin[1])
     work = Workload(loop, _Tunnel, target or origin, concurrency, seconds,
-                    head=head, request=b"q" * request_size, reply_size=reply_size)
+                    head=head, request=b"q" * request_size, reply_size=reply_size, rate=rate)
     work.start()
     await work.finished
     return work.tally
@@ -288,3 +313,40 @@ def run_bulk(target, origin, size):
     else:
         tally.done = 1
     return tally
+
+
+def open_idle(target, origin, count, timeout=10):
+    """Open ``count`` tunnels through ``target`` and leave them idle: (sockets, errors by kind)."""
+    sockets, tally = [], Tally()
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(target, timeout=timeout)
+        except OSError as err:
+            tally.error(f"connect: {type(err).__name__}")
+            continue
+        try:
+            sock.sendall(connect_head(*origin))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = sock.recv(4096)
+                if not data:
+                    raise ConnectionError("closed")
+                head += data
+            if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                raise ConnectionError("proxy answered " + head[:12].decode("latin-1"))
+            sockets.append(sock)
+        except OSError as err:
+            tally.error(str(err) if isinstance(err, ConnectionError) else type(err).__name__)
+            sock.close()
+    return sockets, tally.errors
+
+
+def still_open(sock):
+    """True when neither end of stream nor an error is waiting on an idle tunnel's socket."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False

@@ -7,6 +7,7 @@ load generator and origins to the others, when there are at least two.
 """
 
 import asyncio
+import json
 import multiprocessing
 import os
 import shlex
@@ -66,20 +67,21 @@ class Bench:
         _wait_listening((self.proxy_host, PORTS["proxy"]), proxy)
         return proxy
 
-    def run_load(self, workload, target, **options):
-        """Run ``workload`` in ``load_processes`` pinned processes; the merged tally."""
+    def run_load(self, workload, target, processes=None, **options):
+        """Run ``workload`` in ``processes`` (default load_processes) pinned processes; the merged tally."""
         context = multiprocessing.get_context("fork")
-        pipes, processes = [], []
-        share = max(1, options.pop("concurrency", 1) // self.load_processes)
-        for index in range(self.load_processes if workload != "bulk" else 1):
+        count = 1 if workload == "bulk" else processes or self.load_processes
+        pipes, children = [], []
+        share = max(1, options.pop("concurrency", 1) // count)
+        for index in range(count):
             receiving, sending = context.Pipe(duplex=False)
             process = context.Process(target=_load_process, daemon=True,
                                       args=(self, index, workload, target, share, options, sending))
             process.start()
             pipes.append(receiving)
-            processes.append(process)
+            children.append(process)
         tallies = [pipe.recv() for pipe in pipes]
-        for process in processes:
+        for process in children:
             process.join()
         return merge(tallies)
 
@@ -129,7 +131,8 @@ def _load_process(bench, index, workload, target, concurrency, options, pipe):
     started = time.process_time()
     if workload == "connect":
         tally = uvloop.run(load.run_connect(target, options["origin"], concurrency, options["seconds"],
-                                            options["request_size"], options["reply_size"]))
+                                            options["request_size"], options["reply_size"], options.get("rate"),
+                                            options.get("by_name")))
     elif workload == "http":
         tally = uvloop.run(load.run_http(target, options["origin"], concurrency, options["seconds"]))
     else:
@@ -169,44 +172,195 @@ def proxy_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Target:
+    """What a workload runs against: ``direct`` (address None), fastfog, or another proxy."""
+
+    def __init__(self, name, address=None, process=None):
+        self.name, self.address, self.process = name, address, process
+
+    @property
+    def pid(self):
+        return None if self.process is None else self.process.pid
+
+
+WORKLOADS = ("connect", "http", "bulk", "fixed-rate", "idle", "dns")
+PROXY_ONLY = frozenset({"idle", "dns"})
+UNITS = {"connect": "tunnels/s", "http": "requests/s", "bulk": "GB/s up", "fixed-rate": "p99 ms",
+         "idle": "KiB/tunnel", "dns": "name/IP"}
+
+
+def _latencies(tally):
+    values = tally["latencies"]
+    return {"p50_ms": percentile(values, .5) * 1e3, "p99_ms": percentile(values, .99) * 1e3,
+            "p999_ms": percentile(values, .999) * 1e3}
+
+
+def measure(bench, workload, target, args):
+    """One workload against one target: a result dict (``value`` in UNITS[workload], errors…)."""
+    origin = bench.origin("http" if workload == "http" else "bulk" if workload == "bulk" else "reply")
+    options = {"seconds": args.seconds, "concurrency": args.concurrency, "request_size": servers.REQUEST_SIZE,
+               "reply_size": servers.REPLY_SIZE, "size": args.bulk_size, "origin": origin}
+    cpu_before = proxy_cpu_seconds(target.pid) if target.pid else None
+    result = {"workload": workload, "target": target.name, "unit": UNITS[workload]}
+    if workload in ("connect", "http"):
+        if args.warmup:
+            bench.run_load(workload, target.address, **{**options, "seconds": args.warmup})
+        tally = bench.run_load(workload, target.address, **options)
+        result.update(value=tally["done"] / args.seconds, **_latencies(tally))
+    elif workload == "bulk":
+        tally = bench.run_load("bulk", target.address, **options)
+        result.update(value=tally["bytes_up"] / max(tally["seconds_up"], 1e-9) / 1e9,
+                      down=tally["bytes_down"] / max(tally["seconds_down"], 1e-9) / 1e9)
+    elif workload == "fixed-rate":
+        tally = bench.run_load("connect", target.address, **{**options, "rate": args.rate}, processes=1)
+        result.update(**_latencies(tally), rate=args.rate)
+        result["value"] = result["p99_ms"]
+    elif workload == "idle":
+        before = rss_kib(target.pid) if target.pid else None
+        sockets, errors = load.open_idle(target.address, origin, args.idle)
+        time.sleep(0.2)
+        after = rss_kib(target.pid) if target.pid else None
+        open_at_end = sum(load.still_open(sock) for sock in sockets)
+        for sock in sockets:
+            sock.close()
+        tally = {"done": open_at_end, "errors": dict(errors), "cpu": 0.0}
+        if open_at_end < len(sockets):
+            tally["errors"]["closed while idle"] = len(sockets) - open_at_end
+        result.update(value=(after - before) / max(len(sockets), 1) if before is not None else float("nan"),
+                      tunnels=len(sockets))
+    else:  # dns: CONNECT by host name through the stub resolver, then by IP literal
+        by_name = bench.run_load("connect", target.address, **{**options, "by_name": ORIGIN_NAME})
+        by_ip = bench.run_load("connect", target.address, **options)
+        tally = merge([by_name, by_ip])
+        result.update(value=(by_name["done"] / max(by_ip["done"], 1)), by_name=by_name["done"] / args.seconds,
+                      by_ip=by_ip["done"] / args.seconds)
+    result["errors"] = tally["errors"]
+    if not tally["done"] and not tally["errors"]:
+        result["errors"] = {"nothing completed": 1}
+    result["load_cpu_seconds"] = round(tally["cpu"], 2)
+    if cpu_before is not None and workload in ("connect", "http") and tally["done"]:
+        result["proxy_cpu_us_per_op"] = (proxy_cpu_seconds(target.pid) - cpu_before) / tally["done"] * 1e6
+    return result
+
+
+def _format(result, direct):
+    value = result.get("value")
+    if value is None or value != value:  # NaN: not measured for this target
+        text = "-"
+    elif result["workload"] in ("connect", "http"):
+        text = f"{value:,.0f}"
+    else:
+        text = f"{value:.2f}"
+    if direct is not None and result["workload"] in ("connect", "http", "bulk") and direct.get("value"):
+        text += f" ({value / direct['value']:.2f}x)"
+    if direct is not None and result["workload"] == "fixed-rate":
+        text += f" (+{value - direct['value']:.2f})"
+    if result["errors"]:
+        text += " ERRORS"
+    return text
+
+
+def report(results, targets, out=sys.stdout):
+    """The table: one row per workload, one column per target, ratios to direct."""
+    names = [target.name for target in targets]
+    rows = [["workload", "unit"] + names]
+    for workload in dict.fromkeys(result["workload"] for result in results):
+        by_target = {result["target"]: result for result in results if result["workload"] == workload}
+        direct = by_target.get("direct")
+        rows.append([workload, UNITS[workload]] + [_format(by_target[name], direct if name != "direct" else None)
+                                                   if name in by_target else "-" for name in names])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+        if index == 0:
+            print("  ".join("-" * width for width in widths), file=out)
+
+
 def add_arguments(parser):
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each workload runs (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up before connect and http (default 1)")
     parser.add_argument("--concurrency", type=int, default=64, help="transactions in flight (default 64)")
-    parser.add_argument("--workloads", default="connect,http,bulk",
-                        help="comma-separated: connect, http, bulk (default all)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--bulk-size", type=int, default=1 << 30, help="bytes each way for bulk (default 1 GiB)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="tunnels/s for fixed-rate (default 1000)")
+    parser.add_argument("--idle", type=int, default=1000, help="idle tunnels to open (default 1000)")
+    parser.add_argument("--load-processes", type=int, default=None,
+                        help="load generator processes (default: one per load CPU)")
     parser.add_argument("--fastfog-flags", default="", help="extra flags for fastfog serve, one string")
+    parser.add_argument("--no-fastfog", action="store_true", help="measure only direct and the --vs targets")
+    parser.add_argument("--vs", action="append", default=[], metavar="NAME='COMMAND {port}'",
+                        help="another proxy to start and measure; {port} is replaced by its port")
+    parser.add_argument("--vs-address", action="append", default=[], metavar="NAME=HOST:PORT",
+                        help="another proxy already running")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def _start_targets(bench, args):
+    targets = [Target("direct")]
+    if not args.no_fastfog:
+        proxy = bench.start_fastfog(shlex.split(args.fastfog_flags))
+        targets.append(Target("fastfog", (bench.proxy_host, PORTS["proxy"]), proxy))
+    for index, spec in enumerate(args.vs):
+        name, _, command = spec.partition("=")
+        port = PORTS["proxy"] + 1 + index
+        process = subprocess.Popen(shlex.split(command.replace("{port}", str(port))), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL,
+                                   preexec_fn=lambda: os.sched_setaffinity(0, bench.proxy_cpus))
+        bench.children.append(process)
+        _wait_listening((bench.proxy_host, port), process)
+        targets.append(Target(name, (bench.proxy_host, port), process))
+    for spec in args.vs_address:
+        name, _, address = spec.partition("=")
+        host, _, port = address.rpartition(":")
+        targets.append(Target(name, (host.strip("[]"), int(port))))
+    return targets
 
 
 def main(args):
-    bench = Bench()
-    bench.start_origins(args.bulk_size)
-    proxy = bench.start_fastfog(shlex.split(args.fastfog_flags))
-    proxy_address = (bench.proxy_host, PORTS["proxy"])
-    failed = False
+    workloads = [workload.strip() for workload in args.workloads.split(",") if workload.strip()]
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown:
+        print(f"fastfog bench: unknown workloads: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    bench = Bench(args.load_processes)
+    where = "a private network namespace" if bench.namespaced else "loopback (not root: no namespace)"
+    print(f"fastfog bench: in {where}; proxy on CPU {','.join(map(str, bench.proxy_cpus))}, load generator "
+          f"({bench.load_processes} processes) and origins on CPU {','.join(map(str, bench.load_cpus))}"
+          + ("" if len(os.sched_getaffinity(0)) > 1 else " (one CPU: they share it)"), file=sys.stderr)
+    results = []
     try:
-        for workload in args.workloads.split(","):
-            for name, target in (("direct", None), ("fastfog", proxy_address)):
-                options = {"seconds": args.seconds, "concurrency": args.concurrency,
-                           "request_size": servers.REQUEST_SIZE, "reply_size": servers.REPLY_SIZE,
-                           "size": args.bulk_size, "origin": bench.origin(
-                               {"connect": "reply", "http": "http", "bulk": "bulk"}[workload])}
-                cpu_before = proxy_cpu_seconds(proxy.pid)
-                tally = bench.run_load(workload, target, **options)
-                cpu = proxy_cpu_seconds(proxy.pid) - cpu_before
-                if workload == "bulk":
-                    figure = (f"up {tally['bytes_up'] / tally['seconds_up'] / 1e9:.2f} GB/s "
-                              f"down {tally['bytes_down'] / max(tally['seconds_down'], 1e-9) / 1e9:.2f} GB/s")
-                else:
-                    rate = tally["done"] / args.seconds
-                    lat = tally["latencies"]
-                    figure = (f"{rate:9.0f}/s p50 {percentile(lat, .5) * 1e3:.2f} ms "
-                              f"p99 {percentile(lat, .99) * 1e3:.2f} ms")
-                    if target is not None and tally["done"]:
-                        figure += f" proxy cpu {cpu / tally['done'] * 1e6:.0f} us/op"
-                print(f"{workload:8} {name:8} {figure}  load cpu {tally['cpu']:.1f}s errors {tally['errors']}",
-                      flush=True)
-                failed = failed or bool(tally["errors"]) or not tally["done"]
+        bench.start_origins(args.bulk_size)
+        targets = _start_targets(bench, args)
+        for workload in workloads:
+            for target in targets:
+                if target.address is None and workload in PROXY_ONLY:
+                    continue
+                print(f"  {workload} / {target.name} …", file=sys.stderr, flush=True)
+                results.append(measure(bench, workload, target, args))
     finally:
         bench.close()
+    report(results, targets)
+    for workload in ("connect", "http"):
+        direct = next((r for r in results if r["workload"] == workload and r["target"] == "direct"), None)
+        best = max((r["value"] for r in results if r["workload"] == workload and r["target"] != "direct"),
+                   default=0)
+        if direct and best and direct["value"] < 1.5 * best:
+            print(f"warning: {workload}: direct is not far above the proxies: the load generator or the "
+                  "origin may be the bottleneck (see load_cpu_seconds in --json)", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({"results": results, "proxy_cpus": bench.proxy_cpus, "load_cpus": bench.load_cpus,
+                       "namespaced": bench.namespaced}, out, indent=1)
+    failed = [result for result in results if result["errors"]]
+    for result in failed:
+        print(f"errors: {result['workload']} / {result['target']}: {result['errors']}", file=sys.stderr)
     return 1 if failed else 0
