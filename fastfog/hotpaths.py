@@ -37,6 +37,7 @@ IdSource = _implementation.IdSource
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
 SpliceRelay = _implementation.SpliceRelay
+client_hello_sni = _implementation.client_hello_sni
 rfc3339 = _implementation.rfc3339
 json_line = _implementation.json_line
 parse_request_head = _implementation.parse_request_head
@@ -46,7 +47,7 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 
 __all__ = [
     "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
-    "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "json_line",
+    "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni", "json_line",
     "parse_request_head", "parse_response_head", "rfc3339",
 ]
 

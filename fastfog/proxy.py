@@ -21,7 +21,7 @@ from fastfog.acl import (
     ROLE_NOT_DETERMINED,
     Decision,
 )
-from fastfog.classify import AddressPolicy
+from fastfog.classify import AddressPolicy, canonical_host
 from fastfog.connection import (
     Handshake,
     ProxyHeader,
@@ -35,7 +35,9 @@ from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_respon
 from fastfog.limits import Limits
 from fastfog.metrics import Metrics
 from fastfog.pool import UpstreamPool
+from fastfog.reasons import CODE_SNI
 from fastfog.roles import RequestView
+from fastfog.snicheck import SniCheck
 from fastfog.tls import TLSRelay, subject_fields
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
@@ -403,9 +405,36 @@ class Proxy:
                 conn.close()
                 return
             conn.detach()
-            self._relay(conn, head, fields, upstream, started, None, None)
+            if self.config.sni_check == "off":
+                self._relay(conn, head, fields, upstream, started, None, None)
+                return
+            is_address = canonical_host(head.host).address is not None
+            SniCheck(self, conn.sock, conn.buffer, head.host, is_address, head.port, upstream.sock,
+                     lambda check, verdict, data: self._sni_checked(conn, head, fields, upstream, started, check,
+                                                                    verdict, data)).start()
 
         Opening(self, conn, head, fields, True, opened).start()
+
+    def _sni_checked(self, conn, head, fields, upstream, started, check, verdict, data):
+        """The SNI check is done: relay (with the bytes it read first), or close under enforce."""
+        if check.buffer[:1] == b"\x16":
+            fields["tls_sni"] = check.server_name or ""
+        conn.buffer = bytearray(data)
+        if verdict is not None:
+            allowed = upstream.decision
+            enforce = self.config.sni_check == "enforce" and check.enforced(verdict)
+            upstream.decision = Decision(not enforce, verdict, "deny" if enforce else "report", allowed.project,
+                                         allowed.default_rule, True, allowed.rule, CODE_SNI if enforce else None)
+            if enforce:
+                self.log.warning(logs.DECISION, {**fields, **self.decision_fields(upstream.decision,
+                                                                                  upstream.lookup_ms),
+                                                 "conn_establish_time_ms": upstream.connect_ms})
+                self.metrics.incr("sni.deny")
+                upstream.sock.close()
+                conn.sock.close()
+                return
+            self.metrics.incr("sni.report")
+        self._relay(conn, head, fields, upstream, started, None, None)
 
     def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
         self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
@@ -509,6 +538,8 @@ class Proxy:
         }
         if tunnel.active_at_termination:
             record["active_at_termination"] = True
+        if "tls_sni" in tunnel.fields:
+            record["tls_sni"] = tunnel.fields["tls_sni"]
         self.log.info(logs.CONNECTION_CLOSE, record)
         self.metrics.connection_closed(tunnel.role, tunnel.fields["project"], record["duration"], relay.bytes_in,
                                        relay.bytes_out, tunnel.active_at_termination)

@@ -62,3 +62,8 @@ DEFAULT_ALLOWED = AddressClass("Allow: Default", True, "resolver.allow.default",
 def address_deny_reason(ip, address_class):
     """Smokescreen's reason when no resolved address may be dialed; note the trailing space."""
     return f"no valid IP found among resolved addresses - {ip} denied by rule '{address_class}'. "
+
+# fastfog's SNI check for CONNECT tunnels (SPEC 5.4).
+SNI_MISMATCH = "tls server name does not match CONNECT host"
+SNI_NOT_TLS = "tunnel did not start with a TLS ClientHello"
+CODE_SNI = "sni_mismatch"

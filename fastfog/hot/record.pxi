@@ -6,7 +6,8 @@
 from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite, isnan, nearbyint
-from libc.time cimport time as c_time, time_t, tm
+from libc.time cimport time_t, tm
+from posix.time cimport CLOCK_REALTIME
 
 from fastfog.reference.record import json_value as _json_value
 from fastfog.reference.record import rfc3339 as _rfc3339_reference
@@ -163,7 +164,10 @@ cdef class IdSource:
     def next(self):
         cdef unsigned char raw[13]
         cdef char text[20]
-        cdef uint32_t now = <uint32_t>c_time(NULL)
+        cdef timespec clock
+        cdef uint32_t now
+        clock_gettime(CLOCK_REALTIME, &clock)  # not time(): its coarse clock can lag time.time() by a tick
+        now = <uint32_t>clock.tv_sec
         cdef int bit, i, value
         self.counter = (self.counter + 1) & 0xFFFFFF
         raw[0], raw[1], raw[2], raw[3] = (now >> 24) & 255, (now >> 16) & 255, (now >> 8) & 255, now & 255

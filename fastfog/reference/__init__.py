@@ -6,6 +6,7 @@ selects these.
 
 from fastfog.errors import HeadError
 from fastfog.reference.buffered import BufferedRelay
+from fastfog.reference.clienthello import client_hello_sni
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.httphead import (
@@ -21,6 +22,6 @@ from fastfog.reference.relay import SpliceRelay
 
 __all__ = [
     "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
-    "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "json_line", "parse_request_head", "parse_response_head",
+    "IdSource", "RequestHead", "client_hello_sni", "ResponseHead", "SpliceRelay", "json_line", "parse_request_head", "parse_response_head",
     "rfc3339",
 ]
