@@ -38,7 +38,7 @@ from fastfog.pool import UpstreamPool
 from fastfog.reasons import CODE_SNI
 from fastfog.roles import RequestView
 from fastfog.snicheck import SniCheck
-from fastfog.tls import TLSRelay, subject_fields
+from fastfog.tls import SocketTransport, TLSRelay, subject_fields
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
@@ -386,13 +386,6 @@ class Proxy:
                 else:
                     conn.send(answer, lambda: conn.read_head(first=False))
                 return
-            if upstream.via is not None and conn.tls:
-                # The chain relays through transports, and a TLS client's socket is not one.
-                self.limits.release(upstream.role)
-                upstream.sock.close()
-                conn.finish(self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
-                                         "X-Upstream-Https-Proxy is not available to TLS clients", True))
-                return
             if upstream.via is not None:
                 conn.detach()
                 self.spawn(self._chain(conn, head, fields, upstream, started))
@@ -444,7 +437,7 @@ class Proxy:
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
         first_bytes = bytes(conn.buffer)
-        if conn.tls:
+        if conn.tls and proxy_transport is None:
             tunnel.relay = TLSRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
                                     first_bytes)
             tunnel.relay.start()
@@ -506,7 +499,10 @@ class Proxy:
                     conn.sock.close()
                     return
                 relay = self._relay(conn, head, fields, upstream, started, transport, leftover)
-                await self.loop.connect_accepted_socket(lambda: relay.client_protocol, conn.sock)
+                if conn.tls:  # already a TLS socket of fastfog's: give it a transport's face
+                    SocketTransport(self.loop, conn.sock, relay.client_protocol).start()
+                else:
+                    await self.loop.connect_accepted_socket(lambda: relay.client_protocol, conn.sock)
                 return
             message = f"Failed to connect to remote host: {where} answered {answer.status} {answer.reason}".rstrip()
             status = 502

@@ -69,6 +69,132 @@ class ClientTLSSocket(ssl.SSLSocket):
         socket.socket.shutdown(self, how)
 
 
+class SocketTransport:
+    """An asyncio transport's face on a non-blocking socket-like object (a ClientTLSSocket), so a
+    TLS client can be one leg of a BufferedRelay (a tunnel through an upstream proxy): reads on
+    loop callbacks into the protocol, buffered writes with high and low water marks (the protocol
+    is asked to pause above one and to resume below the other), close after flushing, abort.
+    TLS cannot half-close, so ``can_write_eof`` is False."""
+
+    HIGH_WATER, LOW_WATER = 256 * 1024, 64 * 1024
+    READ_SIZE = 65536  # at least a TLS record: nothing stays decrypted inside OpenSSL between events
+
+    def __init__(self, loop, sock, protocol):
+        self._loop, self._sock, self._fd, self._protocol = loop, sock, sock.fileno(), protocol
+        self._buffer = bytearray()
+        self._reading = self._writing = self._paused = self._closing = self._lost = False
+
+    def start(self):
+        self._protocol.connection_made(self)
+        self.resume_reading()
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def get_protocol(self):
+        return self._protocol
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def is_closing(self):
+        return self._closing or self._lost
+
+    def can_write_eof(self):
+        return False
+
+    def write_eof(self):
+        raise NotImplementedError("TLS cannot half-close")
+
+    def pause_reading(self):
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self):
+        if not self._reading and not self._closing and not self._lost:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self):
+        try:
+            data = self._sock.recv(self.READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._lose(err)
+            return
+        if not data:
+            self.pause_reading()
+            if not self._protocol.eof_received():
+                self.close()
+            return
+        self._protocol.data_received(data)
+
+    def write(self, data):
+        if self._closing or self._lost or not data:
+            return
+        if not self._buffer:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as err:
+                self._lose(err)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._buffer += data
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+        if not self._paused and len(self._buffer) > self.HIGH_WATER:
+            self._paused = True
+            self._protocol.pause_writing()
+
+    def _on_writable(self):
+        try:
+            sent = self._sock.send(self._buffer)  # the same bytes again after a partial TLS write
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._lose(err)
+            return
+        del self._buffer[:sent]
+        if self._paused and len(self._buffer) <= self.LOW_WATER:
+            self._paused = False
+            self._protocol.resume_writing()
+        if not self._buffer:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._lose(None)
+
+    def close(self):
+        """Close once what is buffered is written."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self.pause_reading()
+        if not self._buffer:
+            self._lose(None)
+
+    def abort(self):
+        self._lose(None)
+
+    def _lose(self, exc):
+        if self._lost:
+            return
+        self._lost = True
+        self.pause_reading()
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+
 class TLSRelay(PythonRelay):
     """A CONNECT tunnel whose client leg is TLS. The bytes pass through OpenSSL in user space
     anyway, so this relay copies with the sockets' own recv/send and never splices; otherwise it

@@ -272,15 +272,22 @@ def test_a_role_plugin_reads_the_certificate(mtls_proxy, pki, echo):
     assert roles == ["payments", "billing"]
 
 
-def test_chaining_is_refused_to_tls_clients_with_a_clear_answer(mtls_proxy, pki, upstream_proxy, upstream_pki):
+def test_tls_client_through_an_upstream_proxy(mtls_proxy, pki, upstream_proxy, upstream_pki, echo):
     proxy = mtls_proxy(env={"SSL_CERT_FILE": upstream_pki[1]}, acl=ACL.replace(
         "action: open}", "action: open, allowed_external_proxies: [upstream-proxy.test]}"))
-    sock, head, body = tls_tunnel(proxy, pki, "open", "origin.test:7",
+    sock, head, rest = tls_tunnel(proxy, pki, "open", "origin.test:7",
                                   headers=b"X-Upstream-Https-Proxy: https://upstream-proxy.test:8443\r\n")
     with sock:
-        assert head.status == 502
-        assert b"X-Upstream-Https-Proxy is not available to TLS clients" in read_until_closed(sock, body)
-    assert upstream_proxy.requests == []
+        assert head.status == 200
+        payload = os.urandom(300_000)  # more than the transport's high-water mark
+        sock.sendall(payload)
+        received = rest
+        while len(received) < len(payload):
+            received += sock.recv(65536)
+        assert received == payload
+    assert upstream_proxy.requests[0][0] == "origin.test:7"
+    [close] = proxy.records("CANONICAL-PROXY-CN-CLOSE", wait_for=1)
+    assert close["bytes_in"] >= len(payload) and close["bytes_out"] == len(payload)
 
 
 def test_reload_rereads_crls_and_open_tunnels_carry_on(start_proxy, pki, echo, tmp_path):
