@@ -18,6 +18,7 @@ them.
 import ipaddress
 import math
 import re
+import ssl
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
@@ -400,7 +401,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 
 # Settings whose feature the proxy does not have yet: serve refuses them when they differ
 # from their default. Each piece of work that brings a feature removes its keys from here.
-NOT_YET_SUPPORTED = frozenset({"workers", "webhook"})
+NOT_YET_SUPPORTED = frozenset({"workers"})
 NEVER_SUPPORTED = {
     "mitm_ca_cert_file": "fastfog does not intercept TLS (MITM); remove mitm_ca_cert_file and mitm_ca_key_file",
 }
@@ -609,6 +610,15 @@ def build_config(values, source=None):
             plugin = load_plugin(values["role_from_request"])
         except RoleError as err:
             raise ConfigError(f"{where}: role_from_request: {err}") from None
+    if values.get("webhook") is not None:
+        from fastfog.webhooks import Client
+
+        hook = values["webhook"]
+        try:
+            Client(hook["url"], hook["tls_verify"] is not False, hook["ca_file"])
+        except (ValueError, OSError, ssl.SSLError) as err:
+            key = "webhook.ca_file" if isinstance(err, (OSError, ssl.SSLError)) else "webhook.url"
+            raise ConfigError(f"{where}: {key}: {getattr(err, 'strerror', None) or err}") from None
     known = {f.name for f in fields(Config)}
     return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl,
                   auth=auth, role_plugin=plugin, server_tls=server_tls)

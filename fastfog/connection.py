@@ -27,6 +27,7 @@ from fastfog.acl import AUTH_REQUIRED, ROLE_NOT_DETERMINED, Decision, parse_upst
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
 from fastfog.hotpaths import HeadError, parse_request_head
+from fastfog.webhooks import REJECTED as REJECTED_BY_WEBHOOK
 
 READ_SIZE = 65536
 DIAL_ERRORS = {errno.ETIMEDOUT: "timeout", errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset",
@@ -484,17 +485,62 @@ class Opening:
                                          self.lookup_ms, self.connect, self.close))
             return
         self.address = pick.address
-        pooled = proxy.pool.take(pick.address, self.port) if self.reuse else None
+        hooks = proxy.webhooks
+        if hooks is not None and self.via is None and hooks.wants_access_request(self.role):
+            self._ask_access(hooks)
+            return
+        self._dial()
+
+    def _ask_access(self, hooks):
+        """The access-request webhook decides first (its cached answer, or a call)."""
+        host = self.head.host
+        cached = hooks.cached_answer(self.role, host)
+        if cached is not None:
+            self._access_answered(cached[0], cached[1], None)
+            return
+        policy = self.decision.rule or "default"
+        call = hooks.access_request(self.role, host, self.port, self.fields["inbound_remote_addr"], policy,
+                                    self.fields["id"])
+        self.proxy.spawn(call).add_done_callback(self._access_done)
+
+    @_guarded
+    def _access_done(self, task):
+        if task.cancelled():
+            self._release()
+            self.done(None, None, True)
+            return
+        self._access_answered(*task.result())
+
+    def _access_answered(self, accepted, answer, error):
+        proxy = self.proxy
+        self.fields["access_response"] = answer
+        if self.conn.closed:
+            self._release()
+            self.done(None, None, True)
+            return
+        if not accepted:
+            allowed = self.decision
+            denial = Decision(False, REJECTED_BY_WEBHOOK, "deny", allowed.project, allowed.default_rule, True,
+                              allowed.rule, "access_rejected")
+            if error is not None:
+                self.fields["error"] = f"access-request: {error}"
+            self._answer(proxy.rejection(self.head, self.fields, denial, self.lookup_ms, self.connect, self.close))
+            return
+        self._dial()
+
+    def _dial(self):
+        proxy = self.proxy
+        pooled = proxy.pool.take(self.address, self.port) if self.reuse else None
         if pooled is not None:
             self.upstream, self.dial_started = pooled, time.monotonic()
             self._dial_ended(0, reused=True)
             return
-        upstream = _socket.socket(socket.AF_INET6 if ":" in pick.address else socket.AF_INET, socket.SOCK_STREAM)
+        upstream = _socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM)
         upstream.setblocking(False)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = upstream
         self.dial_started = time.monotonic()
-        error = upstream.connect_ex((pick.address, self.port))
+        error = upstream.connect_ex((self.address, self.port))
         if error in (errno.EINPROGRESS, errno.EAGAIN):
             timeout = proxy.config.connect_timeout
             if timeout:

@@ -119,15 +119,33 @@ def body_length(answer):
 class Tunnel:
     """An open CONNECT tunnel: its relay and what its close record reports."""
 
-    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "active_at_termination")
+    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "active_at_termination", "upstream")
 
-    def __init__(self, fields, started, role):
+    def __init__(self, fields, started, role, upstream=None):
+        self.upstream = upstream  # the Upstream it was opened with (its decision, timings)
         self.relay = None
         self.active_at_termination = False
         self.fields = fields
         self.started = started
         self.proxy_type = "connect"
         self.role = role
+
+
+def _start_details(fields):
+    return {"role": fields["role"], "client": fields["inbound_remote_addr"], "host": fields["requested_host"],
+            "proxy_type": fields["proxy_type"]}
+
+
+def _info_details(fields, upstream, record):
+    """fastfog's own figures for a connection (webhook connection-info)."""
+    details = {"lookup_ms": upstream.lookup_ms if upstream is not None else None,
+               "connect_ms": upstream.connect_ms if upstream is not None else None,
+               "reused_upstream": upstream.reused if upstream is not None else False,
+               "access_response": fields.get("access_response")}
+    if record is not None:
+        details["last_activity"] = record["last_activity"]
+        details["active_at_termination"] = record.get("active_at_termination", False)
+    return details
 
 
 class Proxy:
@@ -152,6 +170,7 @@ class Proxy:
         self.metrics = Metrics()
         self.metrics.gauge("requests.concurrent", lambda: self.limits.proxy.requests)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
+        self.webhooks = None  # fastfog.webhooks.Webhooks when configured (set by the server)
 
     def _configure(self, config, tls):
         self.config = config
@@ -178,6 +197,8 @@ class Proxy:
 
     def _accepted(self, sock, address):
         """A client socket ready for its TLS handshake (on the TLS listener) or its first request."""
+        if self.webhooks is not None:
+            self.webhooks.neighbor(address)
         if self.tls is not None:
             Handshake(self, self.tls, sock, address).start()
         else:
@@ -433,7 +454,9 @@ class Proxy:
         self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
                                       "conn_establish_time_ms": upstream.connect_ms})
         self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
-        tunnel = Tunnel(fields, started, fields["role"])
+        if self.webhooks is not None:
+            self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
+        tunnel = Tunnel(fields, started, fields["role"], upstream)
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
         first_bytes = bytes(conn.buffer)
@@ -537,8 +560,21 @@ class Proxy:
         if "tls_sni" in tunnel.fields:
             record["tls_sni"] = tunnel.fields["tls_sni"]
         self.log.info(logs.CONNECTION_CLOSE, record)
+        if self.webhooks is not None:
+            self._tunnel_events(tunnel, record)
         self.metrics.connection_closed(tunnel.role, tunnel.fields["project"], record["duration"], relay.bytes_in,
                                        relay.bytes_out, tunnel.active_at_termination)
+
+    def _tunnel_events(self, tunnel, record):
+        upstream, fields = tunnel.upstream, tunnel.fields
+        details = {**_start_details(fields), "project": fields["project"], "bytes_up": record["bytes_out"],
+                   "bytes_down": record["bytes_in"], "duration": record["duration"],
+                   "decision": upstream.decision.reason if upstream is not None else "",
+                   "destination": fields.get("outbound_remote_addr", ""), "error": record["error"]}
+        if "tls_sni" in fields:
+            details["tls_sni"] = fields["tls_sni"]
+        self.webhooks.emit("connection-stop", fields["id"], details)
+        self.webhooks.emit("connection-info", fields["id"], _info_details(fields, upstream, record))
 
     def close_tunnels(self, reason):
         """Force-close every open tunnel (end of graceful shutdown); each logs its close record."""
@@ -587,8 +623,12 @@ class Proxy:
                         await sockio.sendall(self.loop, sock, answer)
                 return not close
             try:
+                if self.webhooks is not None:
+                    self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
                 keep_alive = await self._exchange(conn, head, fields, upstream)
                 self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
+                if self.webhooks is not None:
+                    self._request_events(head, fields, upstream, started)
                 return keep_alive
             except NoResponse as err:
                 self.limits.release(upstream.role)
@@ -599,6 +639,14 @@ class Proxy:
                 if not (upstream.reused and replayable):
                     raise UpstreamBroken(str(err)) from None
                 reuse = False
+
+    def _request_events(self, head, fields, upstream, started):
+        details = {**_start_details(fields), "project": fields["project"], "method": head.method,
+                   "host": head.authority, "status": fields.get("status_code"),
+                   "content_length": fields.get("content_length"), "duration": time.time() - started,
+                   "decision": upstream.decision.reason, "destination": fields.get("outbound_remote_addr", "")}
+        self.webhooks.emit("connection-stop", fields["id"], details)
+        self.webhooks.emit("connection-info", fields["id"], _info_details(fields, upstream, None))
 
     async def _exchange(self, conn, head, fields, upstream):
         """One request and its response over ``upstream``; the connection is pooled when clean."""
@@ -668,11 +716,10 @@ class Proxy:
             self.pool.give(upstream.address, upstream.port, upstream.sock)
         else:
             upstream.sock.close()
-        self.log.info(logs.DECISION, {
-            **fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
-            "conn_establish_time_ms": upstream.connect_ms, "status_code": response.status,
-            "content_length": -1 if response.content_length is None else response.content_length,
-        })
+        fields["status_code"] = response.status
+        fields["content_length"] = -1 if response.content_length is None else response.content_length
+        self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
+                                      "conn_establish_time_ms": upstream.connect_ms})
         return keep_alive
 
     async def _read_response_head(self, upstream, buffer):

@@ -25,8 +25,10 @@ from fastfog.logs import Log
 from fastfog.metrics import StatsdSink, serve_prometheus
 from fastfog.proxy import Proxy
 from fastfog.reload import Reloader
+from fastfog.webhooks import Webhooks
 
 ACCEPT_BATCH = 64
+WEBHOOK_DRAIN_SECONDS = 2.0  # at exit, events still queued get this long to go out
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
@@ -161,6 +163,8 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     if config.stats_socket_dir:
         stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
     exporters = await _start_metrics(config, proxy, log)
+    if config.webhook is not None:
+        proxy.webhooks = Webhooks(config.webhook, log, proxy.metrics)
     admin_socket = None
     if config.admin_socket:
         admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
@@ -188,6 +192,9 @@ async def serve(config, log, ready=None, stop=None, reload=None):
             exporter.close()
         proxy.pool.close()
         resolver.close()
+        if proxy.webhooks is not None:
+            await proxy.webhooks.drain(WEBHOOK_DRAIN_SECONDS)
+            proxy.webhooks.close()
         log.flush()
 
 

@@ -12,7 +12,9 @@ from fastfog.reference.clienthello import client_hello_sni as reference
 
 LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20).filter(
     lambda label: not label.startswith("-") and not label.endswith("-"))
-HOSTNAMES = st.lists(LABEL, min_size=2, max_size=5).map(".".join)
+# A name whose last label has a letter: ssl sends no SNI for what parses as an IP address.
+HOSTNAMES = st.lists(LABEL, min_size=2, max_size=5).map(".".join).filter(
+    lambda name: any(c.isalpha() for c in name.rsplit(".", 1)[1]))
 
 
 def python_client_hello(server_name, protocol=ssl.PROTOCOL_TLS_CLIENT):
