@@ -209,25 +209,54 @@ class ClientConnection:
             self.proxy.connections.discard(self)
 
 
-class ProxyHeader:
+class ClientStep:
+    """A step that owns a client socket for a while (a PROXY header, the SNI check): it waits for
+    the socket to be readable and for a deadline, and is tracked as a connection meanwhile, so a
+    shutdown closes it. ``_stop()`` undoes all three."""
+
+    __slots__ = ("proxy", "sock", "fd", "_timer", "_reading")
+
+    def __init__(self, proxy, sock):
+        self.proxy, self.sock, self.fd = proxy, sock, sock.fileno()
+        self._timer = None
+        self._reading = False
+        proxy.connections.add(self)
+
+    def _start(self, seconds, on_timeout, step):
+        self._timer = self.proxy.loop.call_later(seconds, on_timeout)
+        step()
+
+    def _read_when_ready(self, step):
+        if not self._reading:
+            self._reading = True
+            self.proxy.loop.add_reader(self.fd, step)
+
+    def _stop(self):
+        if self._reading:
+            self._reading = False
+            self.proxy.loop.remove_reader(self.fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.proxy.connections.discard(self)
+
+
+class ProxyHeader(ClientStep):
     """``--proxy-protocol``: read a PROXY v1/v2 header (see proxyproto.py) with MSG_PEEK, take
     exactly its bytes, then go on with the client address it carries; bounded by
     read_header_timeout. A malformed header is logged and closes only this connection."""
 
-    __slots__ = ("proxy", "sock", "fd", "address", "_timer", "_reading", "_then")
+    __slots__ = ("address", "_then")
 
     PEEK = 536  # a v2 header with both IPv6 addresses and a few TLVs; longer ones are peeked again
 
     def __init__(self, proxy, sock, address, then):
         """``then(sock, address)`` continues with the client's address."""
-        self.proxy, self.sock, self.fd, self.address, self._then = proxy, sock, sock.fileno(), address, then
-        self._timer = None
-        self._reading = False
-        proxy.connections.add(self)
+        super().__init__(proxy, sock)
+        self.address, self._then = address, then
 
     def start(self):
-        self._timer = self.proxy.loop.call_later(self.proxy.config.read_header_timeout or 60.0, self._timed_out)
-        self._step()
+        self._start(self.proxy.config.read_header_timeout or 60.0, self._timed_out, self._step)
 
     def _step(self):
         size = self.PEEK
@@ -251,9 +280,7 @@ class ProxyHeader:
             self.close()
             return
         if found is None:  # not all of it yet
-            if not self._reading:
-                self._reading = True
-                self.proxy.loop.add_reader(self.fd, self._step)
+            self._read_when_ready(self._step)
             return
         length, carried = found
         try:
@@ -264,15 +291,6 @@ class ProxyHeader:
             return
         self._stop()
         self._then(self.sock, carried or self.address)
-
-    def _stop(self):
-        if self._reading:
-            self._reading = False
-            self.proxy.loop.remove_reader(self.fd)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.proxy.connections.discard(self)
 
     def _timed_out(self):
         self._timer = None

@@ -20,6 +20,7 @@ same way: let through in ``report`` and to port 80, closed otherwise.
 """
 
 from fastfog import reasons
+from fastfog.connection import ClientStep
 from fastfog.hotpaths import client_hello_sni
 
 WAIT_SECONDS = 2.0
@@ -34,7 +35,7 @@ def sni_matches(connect_host, server_name, host_is_address):
     return server_name.rstrip(".").lower() == connect_host.rstrip(".").lower()
 
 
-class SniCheck:
+class SniCheck(ClientStep):
     """Reads a new tunnel's first client bytes and decides; then ``done(verdict, data)``.
 
     ``verdict``: None (let through), or the decision reason to report; ``data``: the bytes
@@ -42,23 +43,19 @@ class SniCheck:
     The check owns the client socket until it is done (no relay runs yet).
     """
 
-    __slots__ = ("proxy", "sock", "fd", "buffer", "host", "host_is_address", "port", "done", "server_name",
-                 "upstream", "_timer", "_reading", "closed")
+    __slots__ = ("buffer", "host", "host_is_address", "port", "done", "server_name", "upstream", "closed")
 
     def __init__(self, proxy, sock, buffered, host, host_is_address, port, upstream, done):
         """``upstream``: the dialed upstream socket, closed with the client's on shutdown."""
-        self.proxy, self.sock, self.fd, self.upstream = proxy, sock, sock.fileno(), upstream
+        super().__init__(proxy, sock)
+        self.upstream = upstream
         self.buffer = bytearray(buffered)
         self.host, self.host_is_address, self.port, self.done = host, host_is_address, port, done
         self.server_name = None
-        self._timer = None
-        self._reading = False
         self.closed = False
-        proxy.connections.add(self)
 
     def start(self):
-        self._timer = self.proxy.loop.call_later(WAIT_SECONDS, self._waited)
-        self._advance()
+        self._start(WAIT_SECONDS, self._waited, self._advance)
 
     def _advance(self):
         found = client_hello_sni(self.buffer, MAX_HELLO) if self.buffer else ("more", None)
@@ -66,9 +63,7 @@ class SniCheck:
             try:
                 data = self.sock.recv(READ_SIZE)
             except BlockingIOError:
-                if not self._reading:
-                    self._reading = True
-                    self.proxy.loop.add_reader(self.fd, self._advance)
+                self._read_when_ready(self._advance)
                 return
             except OSError:
                 data = b""
@@ -96,15 +91,6 @@ class SniCheck:
         """Whether ``verdict`` closes the tunnel under ``enforce``: a mismatch always does; bytes that
         are not TLS do except to port 80."""
         return verdict == reasons.SNI_MISMATCH or (verdict == reasons.SNI_NOT_TLS and self.port != 80)
-
-    def _stop(self):
-        if self._reading:
-            self._reading = False
-            self.proxy.loop.remove_reader(self.fd)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.proxy.connections.discard(self)
 
     def close(self):
         """Shutdown while checking: the tunnel never opens."""

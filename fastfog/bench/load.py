@@ -49,9 +49,20 @@ class Tally:
 
 
 class _Dial:
-    """Connect without blocking, then ``self.connected()``; shared by every transaction kind."""
+    """Connect without blocking, then ``self.connected()``; failing and closing: shared by every
+    transaction kind."""
 
     __slots__ = ()
+
+    def fail(self, kind):
+        self._close()
+        self.work.tally.error(kind)
+        self.work.next()
+
+    def _close(self):
+        self.work.loop.remove_reader(self.fd)
+        self.work.loop.remove_writer(self.fd)
+        self.sock.close()
 
     def dial(self):
         self.sock = sock = socket.socket(_family(self.work.target), socket.SOCK_STREAM)
@@ -127,15 +138,6 @@ class _Tunnel(_Dial):
         work.tally.latencies.append(time.perf_counter() - self.started)
         work.next()
 
-    def fail(self, kind):
-        self._close()
-        self.work.tally.error(kind)
-        self.work.next()
-
-    def _close(self):
-        self.work.loop.remove_reader(self.fd)
-        self.work.loop.remove_writer(self.fd)
-        self.sock.close()
 
 
 class _KeepAlive(_Dial):
@@ -194,15 +196,6 @@ class _KeepAlive(_Dial):
                 self._close()
                 work.next()
 
-    def fail(self, kind):
-        self._close()
-        self.work.tally.error(kind)
-        self.work.next()
-
-    def _close(self):
-        self.work.loop.remove_reader(self.fd)
-        self.work.loop.remove_writer(self.fd)
-        self.sock.close()
 
 
 class Workload:
