@@ -251,7 +251,12 @@ def measure(bench, workload, target, args):
     return result
 
 
-def _format(result, direct):
+HIGHER_IS_BETTER = frozenset({"connect", "http", "bulk", "dns"})
+
+
+def _format(result, direct, others=()):
+    """One cell: the figure, its ratio to direct, and for fastfog how it compares with each other
+    proxy (``others``: their results), as "N.NNx name" (above 1: fastfog is better)."""
     value = result.get("value")
     if value is None or value != value:  # NaN: not measured for this target
         text = "-"
@@ -263,20 +268,33 @@ def _format(result, direct):
         text += f" ({value / direct['value']:.2f}x)"
     if direct is not None and result["workload"] == "fixed-rate":
         text += f" (+{value - direct['value']:.2f})"
+    for other in others:
+        theirs = other.get("value")
+        if value and theirs and value == value and theirs == theirs:
+            better = value / theirs if result["workload"] in HIGHER_IS_BETTER else theirs / value
+            text += f" [{better:.2f}x {other['target']}]"
     if result["errors"]:
         text += " ERRORS"
     return text
 
 
 def report(results, targets, out=sys.stdout):
-    """The table: one row per workload, one column per target, ratios to direct."""
+    """The table: one row per workload, one column per target, ratios to direct (and, in
+    fastfog's column, to each other proxy)."""
     names = [target.name for target in targets]
     rows = [["workload", "unit"] + names]
     for workload in dict.fromkeys(result["workload"] for result in results):
         by_target = {result["target"]: result for result in results if result["workload"] == workload}
         direct = by_target.get("direct")
-        rows.append([workload, UNITS[workload]] + [_format(by_target[name], direct if name != "direct" else None)
-                                                   if name in by_target else "-" for name in names])
+        others = [result for name, result in by_target.items() if name not in ("direct", "fastfog")]
+        cells = []
+        for name in names:
+            if name not in by_target:
+                cells.append("-")
+                continue
+            cells.append(_format(by_target[name], direct if name != "direct" else None,
+                                 others if name == "fastfog" else ()))
+        rows.append([workload, UNITS[workload]] + cells)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for index, row in enumerate(rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)

@@ -44,3 +44,15 @@ def test_another_proxy_by_address_and_errors_set_the_exit_code(tmp_path):
     [direct, nothing] = data["results"]
     assert direct["errors"] == {} and nothing["errors"]
     assert "errors: connect / nothing" in result.stderr
+
+
+def test_another_proxy_started_by_command_gets_its_column_and_comparison(tmp_path):
+    command = (f"{sys.executable} -m fastfog serve --listen-ip 203.0.113.1 --listen-port {{port}} "
+               "--resolver-address 203.0.113.53:5353 --allow-range 203.0.113.10/32")
+    result, data = run_bench(tmp_path, "--workloads", "connect,dns", "--vs", f"again={command}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {(row["workload"], row["target"]) for row in data["results"]} == {
+        ("connect", "direct"), ("connect", "fastfog"), ("connect", "again"), ("dns", "fastfog"), ("dns", "again")}
+    header, _, connect_row = result.stdout.splitlines()[:3]
+    assert header.split() == ["workload", "unit", "direct", "fastfog", "again"]
+    assert "x again]" in connect_row
