@@ -6,9 +6,9 @@ import time
 from fastfog.reference import parse_response_head
 
 
-def read_head(sock, limit=65536):
-    """Read a response head; returns (head, bytes after it)."""
-    data = b""
+def read_head(sock, limit=65536, already=b""):
+    """Read a response head (``already``: bytes read before); returns (head, bytes after it)."""
+    data = already
     while True:
         head = parse_response_head(data)
         if head is not None:

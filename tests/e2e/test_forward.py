@@ -3,6 +3,7 @@
 import os
 import socket
 import time
+import weakref
 
 import pytest
 from .client import eventually, exchange, read_head, read_until_closed
@@ -18,23 +19,32 @@ def request(target, method="GET", headers=b"", body=b"", version="1.1"):
             (f"Content-Length: {len(body)}\r\n".encode() if body else b"") + b"\r\n" + body)
 
 
+_read_ahead = weakref.WeakKeyDictionary()  # bytes of the next response already read, per socket
+
+
 def read_response(sock, method="GET"):
-    """One response: (head, body) read by its framing."""
-    head, rest = read_head(sock)
+    """One response: (head, body) read by its framing; what follows it is kept for the next call
+    (pipelined responses can arrive in one read)."""
+    head, rest = read_head(sock, already=_read_ahead.pop(sock, b""))
     if method == "HEAD" or head.status in (204, 304):
-        return head, b""
-    if head.chunked:
+        body, extra = b"", rest
+    elif head.chunked:
         body, scanner = rest, ChunkedBody()
         while True:
             taken = scanner.feed(body)
             if scanner.done:
-                return head, body[:taken]
+                body, extra = body[:taken], body[taken:]
+                break
             body += sock.recv(65536)
-    if head.content_length is not None:
+    elif head.content_length is not None:
         while len(rest) < head.content_length:
             rest += sock.recv(65536)
-        return head, rest
-    return head, read_until_closed(sock, rest)
+        body, extra = rest[:head.content_length], rest[head.content_length:]
+    else:
+        return head, read_until_closed(sock, rest)
+    if extra:
+        _read_ahead[sock] = extra
+    return head, body
 
 
 def headers_of(head):
