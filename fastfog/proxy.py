@@ -131,6 +131,16 @@ class Tunnel:
         self.role = role
 
 
+def _take(body, buffer):
+    """The part of ``buffer`` that belongs to ``body`` (removed from the buffer, fed to the body)."""
+    if not buffer:
+        return b""
+    taken = body.feed(buffer)
+    data = bytes(buffer[:taken])
+    del buffer[:taken]
+    return data
+
+
 def _start_details(fields):
     return {"role": fields["role"], "client": fields["inbound_remote_addr"], "host": fields["requested_host"],
             "proxy_type": fields["proxy_type"]}
@@ -677,11 +687,13 @@ class Proxy:
             deadline.clear()
 
     async def _send_request(self, conn, head, upstream):
+        body = forward.request_body(head)
         try:
-            await sockio.sendall(self.loop, upstream.sock, forward.upstream_request(head))
+            await sockio.sendall(self.loop, upstream.sock,
+                                 forward.upstream_request(head) + _take(body, conn.buffer))
         except ConnectionError as err:  # before any of the request got through: safe to retry
             raise NoResponse(f"connection closed before the request: {err}") from None
-        await self._relay_body(conn.sock, upstream.sock, conn.buffer, forward.request_body(head),
+        await self._relay_body(conn.sock, upstream.sock, conn.buffer, body,
                                ConnectionError("client closed in the middle of its request body"))
 
     async def _exchange_once(self, conn, head, fields, upstream):
@@ -768,8 +780,10 @@ class Proxy:
         # The upstream connection always ends with this response (we asked it to); the client's
         # may go on, unless the body is delimited by that close or we are shutting down.
         keep_alive = request.keep_alive and not isinstance(body, forward.UntilClose) and self.serving
-        await sockio.sendall(self.loop, sock, forward.client_response(head, not keep_alive, request.version))
         try:
+            # The head and what of the body already arrived go out in one send (often all of it).
+            await sockio.sendall(self.loop, sock, forward.client_response(head, not keep_alive, request.version)
+                                 + _take(body, buffer))
             await self._relay_body(upstream, sock, buffer, body,
                                    UpstreamBroken("connection closed in the middle of a body"))
         except HeadError as err:
