@@ -367,6 +367,9 @@ def main(args):
     finally:
         bench.close()
     report(results, targets)
+    print("load generator CPU seconds: " + ", ".join(
+        f"{result['workload']}/{result['target']} {result['load_cpu_seconds']:.1f}" for result in results),
+        file=sys.stderr)
     for workload in ("connect", "http"):
         direct = next((r for r in results if r["workload"] == workload and r["target"] == "direct"), None)
         best = max((r["value"] for r in results if r["workload"] == workload and r["target"] != "direct"),

@@ -34,6 +34,7 @@ def test_a_short_run_of_every_workload(tmp_path):
     assert table[0].split() == ["workload", "unit", "direct", "fastfog"]
     assert [line.split()[0] for line in table[2:]] == ["connect", "http", "bulk", "fixed-rate", "idle", "dns"]
     assert "x)" in table[2]  # the ratio to direct
+    assert "load generator CPU seconds: connect/direct " in result.stderr
 
 
 def test_another_proxy_by_address_and_errors_set_the_exit_code(tmp_path):
