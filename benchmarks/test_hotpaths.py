@@ -125,3 +125,24 @@ def test_glob_match(benchmark, impl, size):
     globs = impl.HostGlobSet(_globs(size))
     benchmark.group = f"host globs: {size} entries, {len(HOSTS)} lookups"
     benchmark(lambda: [globs.match(host) for host in HOSTS])
+
+
+def _client_hello(server_name):
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        context.wrap_bio(incoming, outgoing, server_hostname=server_name).do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+CLIENT_HELLO = _client_hello("hooks.partner-payments.example.com")
+
+
+def test_client_hello_sni(benchmark, impl):
+    benchmark.group = f"SNI of a {len(CLIENT_HELLO)}-byte ClientHello"
+    assert benchmark(impl.client_hello_sni, CLIENT_HELLO) == ("hello", "hooks.partner-payments.example.com")
