@@ -121,7 +121,10 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     (raising ConfigError): SIGHUP and the admin socket's POST /reload call it."""
     loop = asyncio.get_running_loop()
     log.attach(loop)
-    listener = einhorn_listener() or open_listener(config.ip, config.port)
+    try:
+        listener = einhorn_listener() or open_listener(config.ip, config.port)
+    except OSError as err:
+        raise ListenError(f"cannot listen on {config.ip or '*'}:{config.port}: {err.strerror or err}") from None
     address = listener.getsockname()
     resolver = Resolver(config.resolver_addresses, config.dns_timeout, config.network, config.dns_cache)
     if config.server_tls is not None:
@@ -162,13 +165,19 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
     stats_socket = None
     if config.stats_socket_dir:
-        stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
+        try:
+            stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
+        except OSError as err:
+            raise ListenError(f"stats_socket_dir: {config.stats_socket_dir}: {err.strerror or err}") from None
     exporters = await _start_metrics(config, proxy, log)
     if config.webhook is not None:
         proxy.webhooks = Webhooks(config.webhook, log, proxy.metrics)
     admin_socket = None
     if config.admin_socket:
-        admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
+        try:
+            admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
+        except OSError as err:
+            raise ListenError(f"admin_socket: {config.admin_socket}: {err.strerror or err}") from None
     listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     # Everything built so far (config, ACL, address tables) lives as long as the process: keep the
     # cyclic collector from walking it again and again, which shows as latency spikes.
@@ -254,8 +263,12 @@ async def _start_metrics(config, proxy, log):
     exporters = []
     metrics = proxy.metrics
     if config.expose_prometheus_metrics:
-        exporters.append(await serve_prometheus(metrics, config.prometheus_listen_ip, config.prometheus_port,
-                                                config.prometheus_endpoint))
+        try:
+            exporters.append(await serve_prometheus(metrics, config.prometheus_listen_ip, config.prometheus_port,
+                                                    config.prometheus_endpoint))
+        except OSError as err:
+            raise ListenError(f"cannot serve Prometheus metrics on {config.prometheus_listen_ip}:"
+                              f"{config.prometheus_port}: {err.strerror or err}") from None
         log.info("serving Prometheus metrics", {"address": f"{config.prometheus_listen_ip}:{config.prometheus_port}",
                                                 "endpoint": config.prometheus_endpoint})
     if config.statsd_address:
@@ -269,7 +282,10 @@ async def _start_metrics(config, proxy, log):
                 log.warning("statsd datagrams dropped", {"statsd_address": config.statsd_address,
                                                          "dropped_total": sink.dropped})
 
-        sink = StatsdSink(loop, config.statsd_address, dropped)
+        try:
+            sink = StatsdSink(loop, config.statsd_address, dropped)
+        except OSError as err:  # a name that does not resolve, say
+            raise ListenError(f"statsd_address: {config.statsd_address}: {err.strerror or err}") from None
         metrics.statsd = sink
         exporters.append(_StatsdGauges(loop, metrics, sink))
     return exporters
@@ -300,8 +316,17 @@ async def _start_admin_socket(path, proxy, reloader, started):
     return await unixhttp.serve(path, 0o600, {("POST", "/reload"): reload, ("GET", "/status"): status})
 
 
+class ListenError(Exception):
+    """A socket fastfog was told to serve on cannot be opened (in use, no permission, no such address)."""
+
+
 def run(config, reload=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
     log = Log(config.log_format)
-    uvloop.run(serve(config, log, reload=reload))
+    try:
+        uvloop.run(serve(config, log, reload=reload))
+    except ListenError as err:
+        log.attach(None)  # the loop is gone: write at once
+        log.error("cannot start", {"error": str(err)})
+        return 1
     return 0

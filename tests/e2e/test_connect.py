@@ -1,8 +1,11 @@
 """CONNECT tunnels through a real ``fastfog serve`` process, in the private test network."""
 
 import hashlib
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -390,3 +393,16 @@ def test_allowed_ports(start_proxy, echo, target, allowed):
     assert answer == deny_bytes(target, "port not allowed in rule", "acl_port")
     record = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]
     assert (record["decision_reason"], record["dns_lookup_time_ms"]) == ("port not allowed in rule", 0)
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(start_proxy):
+    start_proxy()
+    for extra in ([], ["--expose-prometheus-metrics", "--prometheus-listen-ip", netns.PROXY,
+                       "--prometheus-port", "4750", "--listen-port", "4752"]):
+        args = ["--listen-ip", netns.PROXY, "--listen-port", "4750", *extra]
+        result = subprocess.run([sys.executable, "-m", "fastfog", "serve", *args], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 1
+        [record] = [json.loads(line) for line in result.stderr.splitlines()]
+        assert record["msg"] == "cannot start" and "address already in use" in record["error"].lower()
+        assert "Traceback" not in result.stderr

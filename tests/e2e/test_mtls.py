@@ -78,8 +78,8 @@ def tls_tunnel(proxy, pki, client, target, headers=b""):
 
 @pytest.fixture
 def mtls_proxy(start_proxy, pki):
-    def start(*flags, config=None, acl=ACL, env=None):
-        return start_proxy(*tls_flags(pki), *flags, config=config, acl=acl, env=env)
+    def start(*flags, config=None, acl=ACL, env=None, port=4750):
+        return start_proxy(*tls_flags(pki), *flags, config=config, acl=acl, env=env, port=port)
     return start
 
 
@@ -331,3 +331,23 @@ def test_proxy_protocol_header_before_the_tls_handshake(mtls_proxy, pki, echo):
         assert head.status == 200
     [record] = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)
     assert (record["inbound_remote_addr"], record["role"]) == ("192.0.2.50:5555", "enforce-client")
+
+
+def test_sni_check_inside_a_tls_client_connection(mtls_proxy, pki, tls_origin):
+    proxy = mtls_proxy(config="sni_check: enforce\n")
+    sock, head, _ = tls_tunnel(proxy, pki, "enforce", f"origin.test:{TLS_ORIGIN_PORT}")
+    with sock:  # the inner ClientHello names proxy.test, not origin.test: closed before the origin sees it
+        assert head.status == 200
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            inner_tls(sock, client_context(pki), "proxy.test")
+    [decision] = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)
+    assert (decision["decision_reason"], decision["tls_sni"], decision["allow"]) == (
+        "tls server name does not match CONNECT host", "proxy.test", False)
+    report = mtls_proxy(config="sni_check: report\n", port=4751)
+    sock, head, _ = tls_tunnel(report, pki, "enforce", f"origin.test:{TLS_ORIGIN_PORT}")
+    with sock:
+        send, recv = inner_tls(sock, client_context(pki), "proxy.test")
+        send(b"inner bytes")
+        assert recv() == b"inner bytes"
+    [close] = report.records("CANONICAL-PROXY-CN-CLOSE", wait_for=1)
+    assert close["tls_sni"] == "proxy.test"
