@@ -99,6 +99,16 @@ def _authority_key_id(extensions):
     return None
 
 
+def _signed_body(der, what, version_tag):
+    """The fields of a signed structure's body (certificate or CRL), its version left out."""
+    _, start, _ = _expect(read(der), SEQUENCE, what)
+    body = _expect(read(der, start), SEQUENCE, f"{what} body")
+    fields = children(der, body[1], body[2])
+    if fields and fields[0][0] == version_tag:
+        fields = fields[1:]
+    return fields
+
+
 class Certificate:
     """What revocation needs of an X.509 certificate: serial, issuer (DER), key ids, subject (DER)."""
 
@@ -106,11 +116,7 @@ class Certificate:
 
     def __init__(self, der):
         der = memoryview(bytes(der))
-        _, start, end = _expect(read(der), SEQUENCE, "certificate")
-        tbs = _expect(read(der, start), SEQUENCE, "certificate body")
-        fields = children(der, tbs[1], tbs[2])
-        if fields and fields[0][0] == EXPLICIT_0:  # version
-            fields = fields[1:]
+        fields = _signed_body(der, "certificate", EXPLICIT_0)
         if len(fields) < 6:
             raise ValueError("certificate body too short")
         self.serial = _integer(der, fields[0])
@@ -138,11 +144,7 @@ class RevocationList:
 
     def __init__(self, der):
         der = memoryview(bytes(der))
-        _, start, end = _expect(read(der), SEQUENCE, "CRL")
-        tbs = _expect(read(der, start), SEQUENCE, "CRL body")
-        fields = children(der, tbs[1], tbs[2])
-        if fields and fields[0][0] == INTEGER:  # version
-            fields = fields[1:]
+        fields = _signed_body(der, "CRL", INTEGER)
         if len(fields) < 3:
             raise ValueError("CRL body too short")
         issuer = _expect(fields[1], SEQUENCE, "CRL issuer")

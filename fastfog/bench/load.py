@@ -64,6 +64,16 @@ class _Dial:
         self.work.loop.remove_writer(self.fd)
         self.sock.close()
 
+    def _receive(self):
+        """What the socket has: bytes (b"" at its end), or None (nothing yet, or it failed)."""
+        try:
+            return self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            self.fail(f"recv: {errno.errorcode.get(err.errno, err.errno)}")
+            return None
+
     def dial(self):
         self.sock = sock = socket.socket(_family(self.work.target), socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -104,12 +114,8 @@ class _Tunnel(_Dial):
         work.loop.add_reader(self.fd, self._readable)
 
     def _readable(self):
-        try:
-            data = self.sock.recv(READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            self.fail(f"recv: {errno.errorcode.get(err.errno, err.errno)}")
+        data = self._receive()
+        if data is None:
             return
         if not data:
             if self.head or self.received < self.work.reply_size:
@@ -160,12 +166,8 @@ class _KeepAlive(_Dial):
         self.sock.send(self.work.request)
 
     def _readable(self):
-        try:
-            data = self.sock.recv(READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            self.fail(f"recv: {errno.errorcode.get(err.errno, err.errno)}")
+        data = self._receive()
+        if data is None:
             return
         if not data:
             self.fail("closed early")
