@@ -8,6 +8,7 @@ import ipaddress
 import random
 
 import pytest
+from support import client_hello  # tests/support.py (pytest puts tests/ on the path)
 
 CONNECT_HEAD = (
     b"CONNECT hooks.partner-payments.example.com:443 HTTP/1.1\r\n"
@@ -127,20 +128,7 @@ def test_glob_match(benchmark, impl, size):
     benchmark(lambda: [globs.match(host) for host in HOSTS])
 
 
-def _client_hello(server_name):
-    import ssl
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    try:
-        context.wrap_bio(incoming, outgoing, server_hostname=server_name).do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
-
-
-CLIENT_HELLO = _client_hello("hooks.partner-payments.example.com")
+CLIENT_HELLO = client_hello("hooks.partner-payments.example.com")
 
 
 def test_client_hello_sni(benchmark, impl):

@@ -23,10 +23,16 @@ import ssl
 import time
 
 from fastfog import der, proxyproto, responses, sockio
-from fastfog.acl import AUTH_REQUIRED, ROLE_NOT_DETERMINED, Decision, parse_upstream_proxy
+from fastfog.acl import (
+    AUTH_REQUIRED,
+    ROLE_NOT_DETERMINED,
+    Decision,
+    parse_upstream_proxy,
+)
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
 from fastfog.hotpaths import HeadError, parse_request_head
+from fastfog.tls import subject_fields
 from fastfog.webhooks import REJECTED as REJECTED_BY_WEBHOOK
 
 READ_SIZE = 65536
@@ -53,12 +59,26 @@ def header_value(headers, lowercase_name):
 class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
-    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role")
+    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role",
+                 "requested")
 
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role):
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested):
+        """``requested``: the host the client asked for, canonical (classify.Host)."""
         self.sock, self.decision, self.address, self.via = sock, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
-        self.port, self.reused, self.role = port, reused, role
+        self.port, self.reused, self.role, self.requested = port, reused, role, requested
+
+
+def x509_fields(peer_certificate):
+    """What every decision record of a connection says of its client certificate (once per
+    connection): ``inbound_remote_x509_cn`` and, when it has one, ``inbound_remote_x509_ou``."""
+    if peer_certificate is None:
+        return None
+    found = {"inbound_remote_x509_cn": next(iter(subject_fields(peer_certificate, "commonName")), "")}
+    units = subject_fields(peer_certificate, "organizationalUnitName")
+    if units:
+        found["inbound_remote_x509_ou"] = units[0]
+    return found
 
 
 def _guarded(step):
@@ -77,7 +97,7 @@ class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
     __slots__ = ("proxy", "loop", "sock", "fd", "address", "buffer", "_timer", "_reading", "closed", "tls",
-                 "peer_certificate")
+                 "peer_certificate", "x509_fields")
 
     def __init__(self, proxy, sock, address, peer_certificate=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
@@ -89,6 +109,7 @@ class ClientConnection:
         self.address = address
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.peer_certificate = peer_certificate
+        self.x509_fields = x509_fields(peer_certificate)
         self.buffer = bytearray()
         self._timer = None
         self._reading = False
@@ -214,12 +235,12 @@ class ClientStep:
     the socket to be readable and for a deadline, and is tracked as a connection meanwhile, so a
     shutdown closes it. ``_stop()`` undoes all three."""
 
-    __slots__ = ("proxy", "sock", "fd", "_timer", "_reading")
+    __slots__ = ("proxy", "sock", "fd", "_timer", "_waiting")
 
     def __init__(self, proxy, sock):
         self.proxy, self.sock, self.fd = proxy, sock, sock.fileno()
         self._timer = None
-        self._reading = False
+        self._waiting = None  # the loop's remove_reader or remove_writer, while registered
         proxy.connections.add(self)
 
     def _start(self, seconds, on_timeout, step):
@@ -227,14 +248,25 @@ class ClientStep:
         step()
 
     def _read_when_ready(self, step):
-        if not self._reading:
-            self._reading = True
-            self.proxy.loop.add_reader(self.fd, step)
+        self._wait(self.proxy.loop.add_reader, self.proxy.loop.remove_reader, step)
+
+    def _write_when_ready(self, step):
+        self._wait(self.proxy.loop.add_writer, self.proxy.loop.remove_writer, step)
+
+    def _wait(self, add, remove, step):
+        if self._waiting is remove:
+            return  # registered already
+        self._stop_waiting()
+        add(self.fd, step)
+        self._waiting = remove
+
+    def _stop_waiting(self):
+        if self._waiting is not None:
+            self._waiting(self.fd)
+            self._waiting = None
 
     def _stop(self):
-        if self._reading:
-            self._reading = False
-            self.proxy.loop.remove_reader(self.fd)
+        self._stop_waiting()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -306,32 +338,28 @@ class ProxyHeader(ClientStep):
         self.sock.close()
 
 
-class Handshake:
-    """A TLS client's handshake, driven by loop callbacks and bounded by read_header_timeout (60s
-    when that is off); then the revocation check, then its ClientConnection. A failure is logged
-    with the client's address and closes only this connection."""
+class Handshake(ClientStep):
+    """A TLS client's handshake (with the proxy's current ServerTLS), driven by loop callbacks and
+    bounded by read_header_timeout (60s when that is off); then the revocation check, then its
+    ClientConnection. A failure is logged with the client's address and closes only this one."""
 
-    __slots__ = ("proxy", "sock", "fd", "address", "_timer", "_waiting")
+    __slots__ = ("address",)
 
-    def __init__(self, proxy, tls, sock, address):
-        self.proxy, self.address = proxy, address
-        self.sock = tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        self.fd = self.sock.fileno()
-        self._timer = self._waiting = None
-        proxy.connections.add(self)
+    def __init__(self, proxy, sock, address):
+        super().__init__(proxy, proxy.tls.context.wrap_socket(sock, server_side=True,
+                                                              do_handshake_on_connect=False))
+        self.address = address
 
     def start(self):
-        self._timer = self.proxy.loop.call_later(self.proxy.config.read_header_timeout or 60.0, self._timed_out)
-        self._step()
+        self._start(self.proxy.config.read_header_timeout or 60.0, self._timed_out, self._step)
 
     def _step(self):
-        self._stop_waiting()
         try:
             self.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._wait(self.proxy.loop.add_reader, self.proxy.loop.remove_reader)
+            self._read_when_ready(self._step)
         except ssl.SSLWantWriteError:
-            self._wait(self.proxy.loop.add_writer, self.proxy.loop.remove_writer)
+            self._write_when_ready(self._step)
         except (ssl.SSLError, OSError) as err:
             self._fail(getattr(err, "reason", None) or str(err))
         except Exception as err:  # a bug: contain it to this one connection
@@ -339,20 +367,9 @@ class Handshake:
         else:
             self._established()
 
-    def _wait(self, add, remove):
-        add(self.fd, self._step)
-        self._waiting = remove
-
-    def _stop_waiting(self):
-        if self._waiting is not None:
-            self._waiting(self.fd)
-            self._waiting = None
-
     def _established(self):
         proxy, sock = self.proxy, self.sock
-        self._stop_waiting()
-        self._timer.cancel()
-        proxy.connections.discard(self)
+        self._stop()
         der_certificate = sock.getpeercert(binary_form=True)
         peer_certificate = None
         if der_certificate is not None:
@@ -368,6 +385,7 @@ class Handshake:
         ClientConnection(proxy, sock, self.address, peer_certificate).read_head()
 
     def _timed_out(self):
+        self._timer = None
         self._fail("handshake did not finish in time")
 
     def _fail(self, error):
@@ -376,10 +394,7 @@ class Handshake:
         self.close()
 
     def close(self):
-        self._stop_waiting()
-        if self._timer is not None:
-            self._timer.cancel()
-        self.proxy.connections.discard(self)
+        self._stop()
         self.sock.close()
 
 
@@ -388,7 +403,7 @@ class Opening:
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
                  "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse", "role",
-                 "named")
+                 "named", "requested")
 
     def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
@@ -405,7 +420,7 @@ class Opening:
     def start(self):
         proxy, head, fields = self.proxy, self.head, self.fields
         try:
-            host = canonical_host(head.host)
+            self.requested = host = canonical_host(head.host)
         except ValueError as err:
             proxy.log.warning("bad request", {**fields, "error": str(err)})
             self.done(None, responses.bad_request(str(err)), True)
@@ -595,7 +610,7 @@ class Opening:
         self.fields["outbound_remote_addr"] = peer_text(self.upstream.getpeername())
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
         upstream = Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
-                                  self.port, reused, self.role)
+                            self.port, reused, self.role, self.requested)
         self.role = None  # the caller releases it when the request is done
         self.done(upstream, None, False)
 

@@ -21,13 +21,13 @@ from fastfog.acl import (
     ROLE_NOT_DETERMINED,
     Decision,
 )
-from fastfog.classify import AddressPolicy, canonical_host
+from fastfog.classify import AddressPolicy
 from fastfog.connection import (
-    Handshake,
-    ProxyHeader,
     READ_SIZE,
     ClientConnection,
+    Handshake,
     Opening,
+    ProxyHeader,
     header_value,
     peer_text,
 )
@@ -38,7 +38,7 @@ from fastfog.pool import UpstreamPool
 from fastfog.reasons import CODE_SNI
 from fastfog.roles import RequestView
 from fastfog.snicheck import SniCheck
-from fastfog.tls import SocketTransport, TLSRelay, subject_fields
+from fastfog.tls import SocketTransport, TLSRelay
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
@@ -161,13 +161,11 @@ def _info_details(fields, upstream, record):
 class Proxy:
     """Serves client connections for one worker: its config, resolver and log."""
 
-    def __init__(self, config, resolver, log, listen_port=None, own_addresses=(), tls=None):
-        """``tls``: a ServerTLS when clients connect over TLS (replaceable: each new connection
-        uses the current one)."""
+    def __init__(self, config, resolver, log, listen_port=None, own_addresses=()):
         self.resolver = resolver
         self.log = log
         self._listen_port, self._own_addresses = listen_port, own_addresses
-        self._configure(config, tls)
+        self._configure(config)
         self.ids = logs.IdSource()
         self.tunnels = set()
         self.connections = set()  # client connections reading heads or opening an upstream
@@ -182,16 +180,18 @@ class Proxy:
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
         self.webhooks = None  # fastfog.webhooks.Webhooks when configured (set by the server)
 
-    def _configure(self, config, tls):
+    def _configure(self, config):
+        """``tls``: the config's ServerTLS when clients connect over TLS; each new connection
+        takes the current one, so a reload never touches an open connection's."""
         self.config = config
-        self.tls = tls
+        self.tls = config.server_tls
         self.policy = AddressPolicy(config.allow_ranges, config.deny_ranges, config.allow_addresses,
                                     config.deny_addresses, config.unsafe_allow_private_ranges, self._listen_port,
                                     self._own_addresses)
 
     def reconfigure(self, config):
         """A reload: new requests use ``config`` (validated by the caller); what is open goes on."""
-        self._configure(config, config.server_tls)
+        self._configure(config)
         self.limits.reconfigure(config, self.tunnels)
 
     # --- accepting and dispatching ------------------------------------------------------------
@@ -210,7 +210,7 @@ class Proxy:
         if self.webhooks is not None:
             self.webhooks.neighbor(address)
         if self.tls is not None:
-            Handshake(self, self.tls, sock, address).start()
+            Handshake(self, sock, address).start()
         else:
             ClientConnection(self, sock, address).read_head()
 
@@ -285,11 +285,8 @@ class Proxy:
             "start_time": logs.rfc3339(started or time.time()),
             "trace_id": header_value(head.headers, TRACE_HEADER) or "",
         }
-        if conn.peer_certificate is not None:
-            fields["inbound_remote_x509_cn"] = next(iter(subject_fields(conn.peer_certificate, "commonName")), "")
-            units = subject_fields(conn.peer_certificate, "organizationalUnitName")
-            if units:
-                fields["inbound_remote_x509_ou"] = units[0]
+        if conn.x509_fields is not None:
+            fields.update(conn.x509_fields)
         return fields
 
     def role(self, conn, head, fields):
@@ -432,16 +429,17 @@ class Proxy:
             if self.config.sni_check == "off":
                 self._relay(conn, head, fields, upstream, started, None, None)
                 return
-            is_address = canonical_host(head.host).address is not None
-            SniCheck(self, conn.sock, conn.buffer, head.host, is_address, head.port, upstream.sock,
-                     lambda check, verdict, data: self._sni_checked(conn, head, fields, upstream, started, check,
-                                                                    verdict, data)).start()
+            requested = upstream.requested
+            SniCheck(self, conn.sock, conn.buffer, requested.name, requested.address is not None, head.port,
+                     upstream.sock, lambda check, verdict, data: self._sni_checked(conn, head, fields, upstream,
+                                                                                   started, check, verdict,
+                                                                                   data)).start()
 
         Opening(self, conn, head, fields, True, opened).start()
 
     def _sni_checked(self, conn, head, fields, upstream, started, check, verdict, data):
         """The SNI check is done: relay (with the bytes it read first), or close under enforce."""
-        if check.buffer[:1] == b"\x16":
+        if check.hello:
             fields["tls_sni"] = check.server_name or ""
         conn.buffer = bytearray(data)
         if verdict is not None:

@@ -9,11 +9,11 @@ SIGHUP reloads the configuration (see reload.py), as does ``POST /reload`` on
 the admin socket. Under Einhorn the listener is the one Einhorn passes down.
 """
 
+import _socket
 import asyncio
 import gc
 import json
 import os
-import _socket
 import signal
 import socket
 import time
@@ -21,6 +21,7 @@ import time
 import uvloop
 
 from fastfog import logs, stats, unixhttp
+from fastfog.connection import peer_text
 from fastfog.dns import Resolver
 from fastfog.logs import Log
 from fastfog.metrics import StatsdSink, serve_prometheus
@@ -130,7 +131,7 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     if config.server_tls is not None:
         for warning in config.server_tls.warnings:
             log.warning(warning, {})
-    proxy = Proxy(config, resolver, log, address[1], own_addresses(listener), config.server_tls)
+    proxy = Proxy(config, resolver, log, address[1], own_addresses(listener))
     if config.acl is not None:
         for warning in config.acl.warnings:
             log.warning(warning, {"acl_file": config.acl.path})
@@ -178,12 +179,7 @@ async def serve(config, log, ready=None, stop=None, reload=None):
             admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
         except OSError as err:
             raise ListenError(f"admin_socket: {config.admin_socket}: {err.strerror or err}") from None
-    listen_text = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
-    # Everything built so far (config, ACL, address tables) lives as long as the process: keep the
-    # cyclic collector from walking it again and again, which shows as latency spikes.
-    gc.collect()
-    gc.freeze()
-    log.info("listening", {"address": listen_text})
+    log.info("listening", {"address": peer_text(address)})
     einhorn_ack(log)
     if ready is not None:
         ready(address)
@@ -323,8 +319,16 @@ class ListenError(Exception):
 def run(config, reload=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
     log = Log(config.log_format)
+
+    def ready(address):
+        # Everything built so far (config, ACL, address tables) lives as long as the process:
+        # keep the cyclic collector from walking it again and again (latency spikes). Done here,
+        # for the fastfog process, not in serve(), which may be embedded in someone else's.
+        gc.collect()
+        gc.freeze()
+
     try:
-        uvloop.run(serve(config, log, reload=reload))
+        uvloop.run(serve(config, log, ready=ready, reload=reload))
     except ListenError as err:
         log.attach(None)  # the loop is gone: write at once
         log.error("cannot start", {"error": str(err)})

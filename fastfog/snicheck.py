@@ -43,7 +43,7 @@ class SniCheck(ClientStep):
     The check owns the client socket until it is done (no relay runs yet).
     """
 
-    __slots__ = ("buffer", "host", "host_is_address", "port", "done", "server_name", "upstream", "closed")
+    __slots__ = ("buffer", "host", "host_is_address", "port", "done", "hello", "server_name", "upstream", "closed")
 
     def __init__(self, proxy, sock, buffered, host, host_is_address, port, upstream, done):
         """``upstream``: the dialed upstream socket, closed with the client's on shutdown."""
@@ -51,6 +51,7 @@ class SniCheck(ClientStep):
         self.upstream = upstream
         self.buffer = bytearray(buffered)
         self.host, self.host_is_address, self.port, self.done = host, host_is_address, port, done
+        self.hello = False  # the first bytes were a whole ClientHello
         self.server_name = None
         self.closed = False
 
@@ -81,7 +82,7 @@ class SniCheck(ClientStep):
     def _decide(self, state, server_name):
         self._stop()
         if state == "hello":
-            self.server_name = server_name
+            self.hello, self.server_name = True, server_name
             verdict = None if sni_matches(self.host, server_name, self.host_is_address) else reasons.SNI_MISMATCH
         else:
             verdict = reasons.SNI_NOT_TLS

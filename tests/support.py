@@ -41,3 +41,19 @@ def tcp_pair():
     for sock in (a, b):
         sock.setblocking(False)
     return a, b
+
+
+def client_hello(server_name):
+    """The first bytes Python's ssl module sends as a TLS client for ``server_name`` (None: no SNI)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("a client handshake finished without a server")

@@ -1,25 +1,12 @@
 """The SNI check for CONNECT tunnels through a real ``fastfog serve`` (SPEC 5.4)."""
 
-import ssl
 import time
 
+import netns
 import pytest
+from support import client_hello
 
 from .client import connect, eventually, read_until_closed
-
-import netns
-
-
-def client_hello(server_name):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    try:
-        context.wrap_bio(incoming, outgoing, server_hostname=server_name).do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
 
 
 def through(proxy, target, first, split=False):

@@ -98,8 +98,9 @@ def test_events_for_a_tunnel_and_a_forwarded_request(start_proxy, receiver, echo
             pass
     assert eventually(lambda: len(receiver.actions("connection-info")) == 2 and receiver.actions("ping"))
     assert receiver.received[0][0] == "/fastfog/s3cret"
-    tunnel = [body for body in receiver.actions() if body["details"].get("proxy_type") == "connect"
-              or body["action"] == "connection-info" and body["id"] == receiver.actions("connection-start")[0]["id"]]
+    tunnel_id = next(body["id"] for body in receiver.actions("connection-start")
+                     if body["details"]["proxy_type"] == "connect")
+    tunnel = [body for body in receiver.actions() if body["id"] == tunnel_id]
     assert [body["action"] for body in tunnel] == ["connection-start", "connection-stop", "connection-info"]
     assert len({body["id"] for body in tunnel}) == 1 and tunnel[0]["id"].startswith("Proxy-")
     assert all(body["source"] == "egress-test" and body["type"] == "proxy" for body in receiver.actions())

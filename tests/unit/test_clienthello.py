@@ -1,12 +1,11 @@
 """The ClientHello SNI reader: core against reference on any bytes, and real ClientHellos from ssl."""
 
-import ssl
 import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import IMPLEMENTATIONS, needs_core
+from support import IMPLEMENTATIONS, client_hello, needs_core
 
 from fastfog.reference.clienthello import client_hello_sni as reference
 
@@ -15,18 +14,6 @@ LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, ma
 # A name whose last label has a letter: ssl sends no SNI for what parses as an IP address.
 HOSTNAMES = st.lists(LABEL, min_size=2, max_size=5).map(".".join).filter(
     lambda name: any(c.isalpha() for c in name.rsplit(".", 1)[1]))
-
-
-def python_client_hello(server_name, protocol=ssl.PROTOCOL_TLS_CLIENT):
-    """What Python's ssl module sends first, for ``server_name`` (None: no SNI)."""
-    context = ssl.SSLContext(protocol)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
 
 
 def records(handshake, sizes):
@@ -65,13 +52,13 @@ def both(data, **options):
 
 @given(HOSTNAMES)
 def test_python_client_hellos_name_their_server(name):
-    data = python_client_hello(name)
+    data = client_hello(name)
     assert both(data) == ("hello", name)
 
 
 @given(HOSTNAMES, st.lists(st.integers(1, 300), max_size=8))
 def test_a_hello_split_across_records_and_segments(name, sizes):
-    handshake = python_client_hello(name)[5:]
+    handshake = client_hello(name)[5:]
     data = records(handshake, sizes)
     assert both(data) == ("hello", name)
     for cut in range(0, len(data), 7):
@@ -79,14 +66,14 @@ def test_a_hello_split_across_records_and_segments(name, sizes):
 
 
 def test_every_truncation_waits_for_more():
-    data = python_client_hello("hooks.example.com")
+    data = client_hello("hooks.example.com")
     for cut in range(len(data)):
         assert both(data[:cut]) == ("more", None)
     assert both(data + b"trailing application data") == ("hello", "hooks.example.com")
 
 
 def test_no_sni():
-    assert both(python_client_hello(None)) == ("hello", None)
+    assert both(client_hello(None)) == ("hello", None)
     assert both(records(hello([], with_extensions=False), [])) == ("hello", None)
     assert both(records(hello([(0x000a, b"\x00\x02\x00\x17")]), [])) == ("hello", None)
 
@@ -144,7 +131,7 @@ def test_core_and_reference_agree_on_any_bytes(data):
 @needs_core
 @given(st.binary(max_size=300), st.integers(0, 200))
 def test_core_and_reference_agree_on_mutated_hellos(noise, position):
-    data = bytearray(python_client_hello("mutated.example"))
+    data = bytearray(client_hello("mutated.example"))
     for index, byte in enumerate(noise[:8]):
         data[(position + index * 37) % len(data)] = byte
     assert IMPLEMENTATIONS["core"].client_hello_sni(bytes(data)) == reference(bytes(data))
