@@ -81,7 +81,7 @@ def x509_fields(peer_certificate):
     return found
 
 
-def _guarded(step):
+def guarded(step):
     """A loop callback that must never leave its connection hanging: an unexpected error is
     logged, answered with 500 and the connection closed, and every other client is served on."""
     def run(self, *args):
@@ -97,7 +97,7 @@ class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
     __slots__ = ("proxy", "loop", "sock", "fd", "address", "buffer", "_timer", "_reading", "closed", "tls",
-                 "peer_certificate", "x509_fields")
+                 "peer_certificate", "x509_fields", "exchange")
 
     def __init__(self, proxy, sock, address, peer_certificate=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
@@ -114,11 +114,14 @@ class ClientConnection:
         self._timer = None
         self._reading = False
         self.closed = False
+        self.exchange = None  # the forwarded request in flight (exchange.Exchange), if any
         proxy.connections.add(self)
 
     def read_head(self, first=True):
         """Wait for a request head: the first for at most read_header_timeout, a later one on a
         kept-alive connection for at most idle_timeout (when set)."""
+        if self.closed:
+            return
         if not self.proxy.serving and not self.buffer:
             self.close()
             return
@@ -127,6 +130,11 @@ class ClientConnection:
         if timeout:
             self._timer = self.loop.call_later(timeout, self._head_timed_out)
         self._advance(bool(self.buffer))
+
+    def next_request(self):
+        """After an answer on a kept-alive connection: read the next head from a fresh stack, so a
+        client that pipelines many requests never deepens the recursion."""
+        self.loop.call_soon(self.read_head, False)
 
     def _on_readable(self):
         self._advance(False)
@@ -137,7 +145,7 @@ class ClientConnection:
         self._stop_waiting()
         self.finish(responses.internal_error("1.1", f"{type(err).__name__}"))
 
-    @_guarded
+    @guarded
     def _advance(self, parse):
         """Parse the buffer when a line may have ended; read what is waiting; else wait."""
         try:
@@ -235,12 +243,12 @@ class ClientStep:
     the socket to be readable and for a deadline, and is tracked as a connection meanwhile, so a
     shutdown closes it. ``_stop()`` undoes all three."""
 
-    __slots__ = ("proxy", "sock", "fd", "_timer", "_waiting")
+    __slots__ = ("proxy", "sock", "fd", "_timer", "_ready")
 
     def __init__(self, proxy, sock):
         self.proxy, self.sock, self.fd = proxy, sock, sock.fileno()
         self._timer = None
-        self._waiting = None  # the loop's remove_reader or remove_writer, while registered
+        self._ready = sockio.Readiness(proxy.loop)
         proxy.connections.add(self)
 
     def _start(self, seconds, on_timeout, step):
@@ -248,25 +256,13 @@ class ClientStep:
         step()
 
     def _read_when_ready(self, step):
-        self._wait(self.proxy.loop.add_reader, self.proxy.loop.remove_reader, step)
+        self._ready.read(self.fd, step)
 
     def _write_when_ready(self, step):
-        self._wait(self.proxy.loop.add_writer, self.proxy.loop.remove_writer, step)
-
-    def _wait(self, add, remove, step):
-        if self._waiting is remove:
-            return  # registered already
-        self._stop_waiting()
-        add(self.fd, step)
-        self._waiting = remove
-
-    def _stop_waiting(self):
-        if self._waiting is not None:
-            self._waiting(self.fd)
-            self._waiting = None
+        self._ready.write(self.fd, step)
 
     def _stop(self):
-        self._stop_waiting()
+        self._ready.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -416,7 +412,7 @@ class Opening:
         self.lookup_ms = 0
         self.named = False  # a host name was looked up (not an IP literal)
 
-    @_guarded
+    @guarded
     def start(self):
         proxy, head, fields = self.proxy, self.head, self.fields
         try:
@@ -476,7 +472,7 @@ class Opening:
             return
         proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
 
-    @_guarded
+    @guarded
     def _lookup_done(self, task):
         if task.cancelled():
             self._release()
@@ -500,7 +496,7 @@ class Opening:
         self._answer(self.proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, status, message,
                                         self.close))
 
-    @_guarded
+    @guarded
     def _resolved(self, addresses):
         proxy = self.proxy
         self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
@@ -536,7 +532,7 @@ class Opening:
                                     self.fields["id"])
         self.proxy.spawn(call).add_done_callback(self._access_done)
 
-    @_guarded
+    @guarded
     def _access_done(self, task):
         if task.cancelled():
             self._release()
@@ -582,7 +578,7 @@ class Opening:
         else:
             self._dial_ended(error)
 
-    @_guarded
+    @guarded
     def _dialed(self):
         self.proxy.loop.remove_writer(self.upstream.fileno())
         if self._timer is not None:
@@ -614,7 +610,7 @@ class Opening:
         self.role = None  # the caller releases it when the request is done
         self.done(upstream, None, False)
 
-    @_guarded
+    @guarded
     def _dial_timed_out(self):
         proxy = self.proxy
         proxy.loop.remove_writer(self.upstream.fileno())

@@ -14,7 +14,7 @@ import ssl
 import time
 from urllib.parse import unquote
 
-from fastfog import forward, logs, responses, sockio
+from fastfog import logs, responses, sockio
 from fastfog.acl import (
     AUTH_REQUIRED,
     NOT_CONFIGURED,
@@ -31,6 +31,7 @@ from fastfog.connection import (
     header_value,
     peer_text,
 )
+from fastfog.exchange import Exchange
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
 from fastfog.limits import Limits
 from fastfog.metrics import Metrics
@@ -46,15 +47,7 @@ TRACE_HEADER = b"x-smokescreen-trace-id"
 
 
 class UpstreamBroken(Exception):
-    """The upstream sent something that is not HTTP, or went away mid-response."""
-
-
-class ForwardTimeout(Exception):
-    """read_timeout or write_timeout passed while forwarding a request."""
-
-
-class NoResponse(UpstreamBroken):
-    """The upstream closed without a byte of response: on a reused connection, safe to retry."""
+    """An upstream proxy answered our CONNECT with something that is not HTTP, or went away."""
 
 
 class _ProxyAnswer:
@@ -131,16 +124,6 @@ class Tunnel:
         self.role = role
 
 
-def _take(body, buffer):
-    """The part of ``buffer`` that belongs to ``body`` (removed from the buffer, fed to the body)."""
-    if not buffer:
-        return b""
-    taken = body.feed(buffer)
-    data = bytes(buffer[:taken])
-    del buffer[:taken]
-    return data
-
-
 def _start_details(fields):
     return {"role": fields["role"], "client": fields["inbound_remote_addr"], "host": fields["requested_host"],
             "proxy_type": fields["proxy_type"]}
@@ -169,7 +152,8 @@ class Proxy:
         self.ids = logs.IdSource()
         self.tunnels = set()
         self.connections = set()  # client connections reading heads or opening an upstream
-        self.handlers = set()  # coroutines started for connections (forwarding, final answers)
+        self.handlers = set()  # coroutines started for connections (final answers, chaining)
+        self.exchanges = set()  # forwarded requests in flight (exchange.Exchange)
         self.serving = True
         self.loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
@@ -222,18 +206,25 @@ class Proxy:
         return task
 
     def close_connections(self):
-        """Shutdown: close connections that are between requests or still opening."""
+        """Shutdown: close connections that are between requests or still opening; a forwarded
+        request in flight finishes (see drain), then its connection closes."""
         for conn in list(self.connections):
-            conn.close()
+            if getattr(conn, "exchange", None) is None:
+                conn.close()
         for task in list(self.handlers):
             task.cancel()
+
+    def abort_exchanges(self):
+        """The end of a graceful shutdown: close what is still forwarding."""
+        for exchange in list(self.exchanges):
+            exchange.abort()
 
     def request(self, conn, head):
         """A complete request head on ``conn``."""
         if head.form == "authority":
             self._connect(conn, head)
         elif head.form == "absolute":
-            self.spawn(self._forward(conn, head))
+            self._forward(conn, head)
         else:
             self._answer_locally(conn, head)
 
@@ -243,7 +234,7 @@ class Proxy:
         if head.form == "origin" and head.method == "GET" and head.path == "/healthcheck":
             keep_alive = head.keep_alive and self.serving and not head.content_length and not head.chunked
             conn.send(responses.healthcheck(version, self.serving),
-                      (lambda: conn.read_head(first=False)) if keep_alive else conn.close)
+                      conn.next_request if keep_alive else conn.close)
             return
         conn.finish(responses.not_a_proxy_request(version))
 
@@ -407,12 +398,7 @@ class Proxy:
 
         def opened(upstream, answer, close):
             if upstream is None:
-                if answer is None:
-                    conn.close()
-                elif close:
-                    conn.finish(answer)
-                else:
-                    conn.send(answer, lambda: conn.read_head(first=False))
+                self._answer_unopened(conn, answer, close)
                 return
             if upstream.via is not None:
                 conn.detach()
@@ -436,6 +422,16 @@ class Proxy:
                                                                                    data)).start()
 
         Opening(self, conn, head, fields, True, opened).start()
+
+    @staticmethod
+    def _answer_unopened(conn, answer, close):
+        """No upstream for this request: its answer (a deny or a failure, logged), or just the close."""
+        if answer is None:
+            conn.close()
+        elif close:
+            conn.finish(answer)
+        else:
+            conn.send(answer, conn.next_request)
 
     def _sni_checked(self, conn, head, fields, upstream, started, check, verdict, data):
         """The SNI check is done: relay (with the bytes it read first), or close under enforce."""
@@ -592,219 +588,35 @@ class Proxy:
 
     # --- plain-HTTP forwarding -----------------------------------------------------------
 
-    async def _forward(self, conn, head):
-        """One absolute-form request; then the next head, or the end of the connection."""
-        try:
-            keep_alive = await self._forward_one(conn, head)
-        except HeadError as err:  # the client's own body framing
-            await self.send_final(conn.sock, responses.bad_request(str(err)))
-            keep_alive = False
-        except (OSError, UpstreamBroken):
-            keep_alive = False
-        if keep_alive and not conn.closed:
-            conn.read_head(first=False)
-        else:
-            conn.close()
-
-    async def _forward_one(self, conn, head):
-        """Decide, send the request upstream, stream the response back. True: keep the connection."""
-        sock = conn.sock
+    def _forward(self, conn, head):
+        """An absolute-form request: decide and open an upstream, then the exchange (exchange.py)."""
         started = time.time()
         fields = self.request_fields(conn, "http", head, started)
         if head.scheme != "http":
-            await self.send_final(sock, responses.rejection(
-                head.version, 501, "Not Implemented",
-                f"Forwarding {head.scheme} URLs is not supported; use CONNECT", close=True))
-            return False
-        replayable = not head.content_length and not head.chunked
-        reuse = head.version != "1.0"
-        while True:
-            opened = self.loop.create_future()
-            Opening(self, conn, head, fields, False, lambda *result, opened=opened: opened.set_result(result),
-                    reuse).start()
-            upstream, answer, close = await opened
-            if upstream is None:
-                if answer is not None:
-                    if close:
-                        await self.send_final(sock, answer)
-                    else:
-                        await sockio.sendall(self.loop, sock, answer)
-                return not close
-            try:
-                if self.webhooks is not None:
-                    self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
-                keep_alive = await self._exchange(conn, head, fields, upstream)
-                self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
-                if self.webhooks is not None:
-                    self._request_events(head, fields, upstream, started)
-                return keep_alive
-            except NoResponse as err:
-                self.limits.release(upstream.role)
-                # A pooled connection the server had closed: once more on a new one, if the
-                # request can be sent again (its body, if any, is gone). Failures on the client's
-                # side are never retried.
-                upstream.sock.close()
-                if not (upstream.reused and replayable):
-                    raise UpstreamBroken(str(err)) from None
-                reuse = False
+            conn.finish(responses.rejection(head.version, 501, "Not Implemented",
+                                            f"Forwarding {head.scheme} URLs is not supported; use CONNECT",
+                                            close=True))
+            return
+        self._open_forward(conn, head, fields, started, head.version != "1.0")
 
-    def _request_events(self, head, fields, upstream, started):
+    def _open_forward(self, conn, head, fields, started, reuse):
+        """``reuse``: an idle pooled connection may serve; not when a pooled one just failed us."""
+        def opened(upstream, answer, close):
+            if upstream is None:
+                self._answer_unopened(conn, answer, close)
+                return
+            if self.webhooks is not None:
+                self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
+            Exchange(self, conn, head, fields, upstream, started,
+                     lambda: self._open_forward(conn, head, fields, started, False)).start()
+
+        Opening(self, conn, head, fields, False, opened, reuse).start()
+
+    def request_events(self, head, fields, upstream, started):
+        """The webhook events of a forwarded request."""
         details = {**_start_details(fields), "project": fields["project"], "method": head.method,
                    "host": head.authority, "status": fields.get("status_code"),
                    "content_length": fields.get("content_length"), "duration": time.time() - started,
                    "decision": upstream.decision.reason, "destination": fields.get("outbound_remote_addr", "")}
         self.webhooks.emit("connection-stop", fields["id"], details)
         self.webhooks.emit("connection-info", fields["id"], _info_details(fields, upstream, None))
-
-    async def _exchange(self, conn, head, fields, upstream):
-        """One request and its response over ``upstream``; the connection is pooled when clean."""
-        stale = False
-        try:
-            return await self._exchange_once(conn, head, fields, upstream)
-        except NoResponse:
-            stale = True  # released by the caller, which may try again
-            raise
-        except ConnectionError:  # the client went away: nothing to answer, nothing to retry
-            upstream.sock.close()
-            raise
-        finally:
-            if not stale:
-                self.limits.release(upstream.role)
-
-    async def _within(self, seconds, awaitable, what):
-        """Await ``awaitable`` for at most ``seconds`` (0: no limit); ForwardTimeout(what) after that."""
-        deadline = _Deadline(self.loop, seconds)
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            deadline.clear(cancelled=True)
-            if deadline.expired:
-                raise ForwardTimeout(what) from None
-            raise
-        finally:
-            deadline.clear()
-
-    async def _send_request(self, conn, head, upstream):
-        body = forward.request_body(head)
-        try:
-            await sockio.sendall(self.loop, upstream.sock,
-                                 forward.upstream_request(head) + _take(body, conn.buffer))
-        except ConnectionError as err:  # before any of the request got through: safe to retry
-            raise NoResponse(f"connection closed before the request: {err}") from None
-        await self._relay_body(conn.sock, upstream.sock, conn.buffer, body,
-                               ConnectionError("client closed in the middle of its request body"))
-
-    async def _exchange_once(self, conn, head, fields, upstream):
-        sock = conn.sock
-        try:
-            try:
-                await self._within(self.config.read_timeout, self._send_request(conn, head, upstream),
-                                   "reading the request")
-                answer = await self._within(self.config.write_timeout,
-                                            self._relay_response(sock, upstream.sock, head), "writing the response")
-            except ForwardTimeout as err:
-                upstream.sock.close()
-                self.log.warning("forwarded request timed out", {**fields, "error": f"{err} took too long"})
-                return False
-        except ConnectionError:
-            raise
-        except NoResponse:
-            raise
-        except UpstreamBroken as err:
-            upstream.sock.close()
-            await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
-                                                     f"Failed to read response from remote host: {err}", True))
-            return False
-        except OSError as err:  # the upstream went away while taking the request
-            upstream.sock.close()
-            await self.send_final(sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, 502,
-                                                     f"Failed to send request to remote host: {err.strerror or err}",
-                                                     True))
-            return False
-        response, keep_alive, reusable = answer
-        if reusable:
-            self.pool.give(upstream.address, upstream.port, upstream.sock)
-        else:
-            upstream.sock.close()
-        fields["status_code"] = response.status
-        fields["content_length"] = -1 if response.content_length is None else response.content_length
-        self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
-                                      "conn_establish_time_ms": upstream.connect_ms})
-        return keep_alive
-
-    async def _read_response_head(self, upstream, buffer):
-        """The upstream's next response head; UpstreamBroken when there is none."""
-        while True:
-            if buffer:
-                try:
-                    head = parse_response_head(buffer)
-                except HeadError as err:
-                    raise UpstreamBroken(str(err)) from None
-                if head is not None:
-                    return head
-            try:
-                data = await sockio.recv(self.loop, upstream, READ_SIZE)
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                if not buffer:
-                    raise NoResponse("connection closed before a response")
-                raise UpstreamBroken("connection closed in the middle of a response head")
-            buffer += data
-
-    async def _relay_response(self, sock, upstream, request):
-        """Read the response head (passing on interim 1xx heads), send it, stream its body.
-
-        Returns the response head, whether the client connection stays open, and whether the
-        upstream connection is clean for reuse.
-        """
-        buffer = bytearray()
-        first = True
-        while True:
-            try:
-                head = await self._read_response_head(upstream, buffer)
-            except NoResponse:
-                if first:
-                    raise
-                raise UpstreamBroken("connection closed before a final response") from None
-            first = False
-            del buffer[:head.head_end]
-            if head.status >= 200 or head.status == 101:
-                break
-            await sockio.sendall(self.loop, sock, forward.client_response(head, False, request.version))
-        if head.status == 101:
-            raise UpstreamBroken("protocol upgrades are not forwarded")
-        body = forward.response_body(head, request.method)
-        # The upstream connection always ends with this response (we asked it to); the client's
-        # may go on, unless the body is delimited by that close or we are shutting down.
-        keep_alive = request.keep_alive and not isinstance(body, forward.UntilClose) and self.serving
-        try:
-            # The head and what of the body already arrived go out in one send (often all of it).
-            await sockio.sendall(self.loop, sock, forward.client_response(head, not keep_alive, request.version)
-                                 + _take(body, buffer))
-            await self._relay_body(upstream, sock, buffer, body,
-                                   UpstreamBroken("connection closed in the middle of a body"))
-        except HeadError as err:
-            raise UpstreamBroken(str(err)) from None
-        reusable = (request.version != "1.0" and head.keep_alive and not buffer
-                    and not isinstance(body, forward.UntilClose))
-        return head, keep_alive, reusable
-
-    async def _relay_body(self, source, destination, buffer, body, cut_short):
-        """Stream a body's bytes (first from ``buffer``) until its framing says it ended.
-
-        Bytes past the body's end stay in ``buffer``: the start of the next message. A source
-        that closes before the end raises ``cut_short``; bad chunked framing raises HeadError.
-        """
-        while not body.done:
-            if not buffer:
-                data = await sockio.recv(self.loop, source, READ_SIZE)
-                if not data:
-                    if isinstance(body, forward.UntilClose):
-                        return
-                    raise cut_short
-                buffer += data
-            taken = body.feed(buffer)
-            if taken:
-                await sockio.sendall(self.loop, destination, bytes(buffer[:taken]))
-                del buffer[:taken]

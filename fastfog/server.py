@@ -219,18 +219,20 @@ async def _close_idle_tunnels(proxy, idle_timeout):
 
 
 async def _drain(proxy, config, log):
-    """Wait for tunnels to close or go idle, at most exit_timeout, then close the rest."""
+    """Wait for forwarded requests to finish and tunnels to close or go idle, at most exit_timeout,
+    then close the rest."""
     started = time.monotonic()
     idle_after = config.idle_timeout or config.exit_timeout
-    while proxy.tunnels:
+    while proxy.tunnels or proxy.exchanges:
         now = time.monotonic()
         if now - started >= config.exit_timeout:
             log.info("Timed out waiting for connections to become idle: closing all remaining connections.")
             break
-        if all(now - tunnel.relay.last_activity >= idle_after for tunnel in proxy.tunnels):
+        if not proxy.exchanges and all(now - tunnel.relay.last_activity >= idle_after for tunnel in proxy.tunnels):
             log.info("All connections are idle: closing all remaining connections.")
             break
         await asyncio.sleep(min(0.1, config.exit_timeout - (now - started)))
+    proxy.abort_exchanges()
     proxy.close_tunnels(None)
 
 

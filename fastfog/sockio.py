@@ -12,6 +12,8 @@ import errno
 import os
 import socket
 
+READ, WRITE = 1, 2
+
 
 def _wake(future):
     if not future.done():
@@ -54,3 +56,39 @@ async def connect(loop, sock, address):
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if error:
         raise OSError(error, os.strerror(error))
+
+
+class Readiness:
+    """At most one readiness registration with the loop at a time, for a step driven by callbacks.
+
+    Asking again for what is registered already costs nothing; asking for another socket,
+    direction or callback replaces the registration, so a step that moves between sockets and
+    states never leaves a stale one behind.
+    """
+
+    __slots__ = ("_loop", "_fd", "_kind", "_callback")
+
+    def __init__(self, loop):
+        self._loop = loop
+        self._fd = -1
+        self._kind = 0
+        self._callback = None
+
+    def read(self, fd, callback):
+        if self._fd != fd or self._kind != READ or self._callback != callback:
+            self.clear()
+            self._loop.add_reader(fd, callback)
+            self._fd, self._kind, self._callback = fd, READ, callback
+
+    def write(self, fd, callback):
+        if self._fd != fd or self._kind != WRITE or self._callback != callback:
+            self.clear()
+            self._loop.add_writer(fd, callback)
+            self._fd, self._kind, self._callback = fd, WRITE, callback
+
+    def clear(self):
+        if self._kind == READ:
+            self._loop.remove_reader(self._fd)
+        elif self._kind == WRITE:
+            self._loop.remove_writer(self._fd)
+        self._fd, self._kind, self._callback = -1, 0, None

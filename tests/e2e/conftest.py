@@ -266,6 +266,8 @@ class HttpOrigin:
                     request["body"] += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     self.requests.append(request)
+                    if request["target"] == "/hangup":
+                        break  # closes without a byte of response
                     for outgoing in self._respond(request):
                         writer.write(conn.send(outgoing) or b"")
                         if isinstance(outgoing, h11.Data) and request["target"] == "/slow":

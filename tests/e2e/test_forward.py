@@ -1,6 +1,7 @@
 """Plain-HTTP forwarding through a real ``fastfog serve`` process, to an h11 origin."""
 
 import os
+import signal
 import socket
 import time
 import weakref
@@ -124,6 +125,22 @@ def test_pipelined_requests_are_answered_in_order(start_proxy, http_origin):
         assert read_response(sock)[1] == b"second"
 
 
+def test_hundreds_of_pipelined_requests_allowed_and_denied(start_proxy, http_origin):
+    proxy = start_proxy()
+    count = 400
+    allowed = lambda index: index >= 300  # noqa: E731  (300 denials in a row, answered from one read)
+    with socket.create_connection(proxy.address, timeout=20) as sock:
+        sock.sendall(b"".join(
+            request(f"http://{ORIGIN}/echo", method="POST", body=b"%d" % index) if allowed(index)
+            else request("http://private.test/") for index in range(count)))
+        for index in range(count):
+            head, body = read_response(sock)
+            assert (head.status, body if allowed(index) else b"") == (
+                (200, b"%d" % index) if allowed(index) else (407, b""))
+    assert len(http_origin.requests) == 100
+    assert not [line for line in proxy.lines if "unexpected error" in line]
+
+
 def test_request_bodies_by_length_and_chunked(start_proxy, http_origin):
     proxy = start_proxy()
     large = os.urandom(3 << 20)
@@ -191,6 +208,32 @@ def test_upstream_that_is_not_http_gets_502(start_proxy, echo):
         head, body = read_response(sock)
     assert head.status == 502
     assert body.startswith(b"Failed to read response from remote host: ")
+
+
+def test_an_upstream_that_hangs_up_without_answering_gets_502(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/hangup"))
+        head, body = read_response(sock)
+    assert head.status == 502
+    assert body.startswith(b"Failed to read response from remote host: connection closed before a response")
+    [record] = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)
+    assert (record["allow"], record["status_code"]) == (True, 502)
+    assert len(http_origin.requests) == 1  # a fresh connection: not sent again
+
+
+def test_sigterm_lets_a_forwarded_request_finish(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as idle, \
+            socket.create_connection(proxy.address, timeout=10) as sock:
+        idle.sendall(request(f"http://{ORIGIN}/hello"))
+        assert read_response(idle)[0].status == 200  # then idle between requests
+        sock.sendall(request(f"http://{ORIGIN}/slow"))
+        head, rest = read_head(sock)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert idle.recv(100) == b""  # an idle keep-alive connection is closed at once
+        assert read_until_closed(sock, rest) == b"1234567890"  # the request in flight finishes
+    assert proxy.process.wait(10) == 0
 
 
 def test_upstream_connections_are_reused_per_address(start_proxy, http_origin):

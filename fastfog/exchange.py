@@ -1,0 +1,312 @@
+"""One forwarded HTTP request over a dialed upstream, driven by loop callbacks.
+
+The request head (rewritten by ``forward``) and its body go up, then the
+response head and body come down, each body streamed in the pieces it
+arrives in and never buffered whole. Both directions are the same small
+pump: send what is pending, read more from the source, ask the framing how
+much belongs to the message, until the framing says it ended. A send that
+would block stops reading the other side until the socket drains, so a slow
+receiver never makes the proxy buffer without bound.
+
+Each system call is tried before the loop is asked to wait, and one
+registration with the loop is kept at a time: a small response that arrives
+in one segment costs one wait for the upstream and no task or future.
+
+``read_timeout`` bounds sending the request (the client's body included),
+``write_timeout`` receiving and relaying the response. Then the connection
+goes back to reading heads, or closes; a pooled connection that the server
+had closed before answering is reported to ``stale`` so that the caller can
+send a body-less request again on a new one.
+"""
+
+import time
+
+from fastfog import forward, logs, responses
+from fastfog.connection import READ_SIZE, guarded
+from fastfog.errors import HeadError
+from fastfog.hotpaths import parse_response_head
+from fastfog.sockio import Readiness
+
+
+def take(body, buffer):
+    """The part of ``buffer`` that belongs to ``body`` (removed from the buffer, fed to the body)."""
+    if not buffer:
+        return b""
+    taken = body.feed(buffer)
+    data = bytes(buffer[:taken])
+    del buffer[:taken]
+    return data
+
+
+class Exchange:
+    """A request and its response between a client connection and an upstream socket."""
+
+    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_ready", "_timer", "_phase",
+                 "_source", "_destination", "_destination_fd", "_source_fd", "_buffer", "_body", "_pending",
+                 "_then", "_response", "_keep_alive", "_sent_up", "_answered", "_interim", "_ended")
+
+    def __init__(self, proxy, conn, head, fields, upstream, started, stale):
+        """``upstream``: a connection.Upstream; ``started``: the request's time.time();
+        ``stale()``: the pooled upstream closed before answering a request that can go again."""
+        self.proxy, self.conn, self.head, self.fields, self.upstream = proxy, conn, head, fields, upstream
+        self.started, self.stale = started, stale
+        self._ready = Readiness(proxy.loop)
+        self._timer = None
+        self._phase = ""
+        self._response = None
+        self._keep_alive = False
+        self._sent_up = self._answered = self._interim = self._ended = False
+        self._pending = None
+
+    # --- the request -------------------------------------------------------------------------
+
+    @guarded
+    def start(self):
+        proxy, conn = self.proxy, self.conn
+        proxy.exchanges.add(self)
+        conn.exchange = self
+        self._arm(proxy.config.read_timeout, "reading the request")
+        body = forward.request_body(self.head)
+        try:
+            first = forward.upstream_request(self.head) + take(body, conn.buffer)
+        except HeadError as err:
+            self._bad_request(err)
+            return
+        self._move(conn.sock, self.upstream.sock, conn.buffer, body, first, self._request_sent)
+
+    def _request_sent(self):
+        self._arm(self.proxy.config.write_timeout, "writing the response")
+        self._buffer = bytearray()
+        self._read_response()
+
+    # --- the response ------------------------------------------------------------------------
+
+    @guarded
+    def _read_response(self):
+        """Read the next response head; pass interim 1xx heads on; then stream the final response."""
+        upstream, buffer = self.upstream.sock, self._buffer
+        while True:
+            if buffer:
+                try:
+                    head = parse_response_head(buffer)
+                except HeadError as err:
+                    self._broken(str(err))
+                    return
+                if head is not None:
+                    break
+            try:
+                data = upstream.recv(READ_SIZE)
+            except BlockingIOError:
+                self._ready.read(upstream.fileno(), self._read_response)
+                return
+            except ConnectionResetError:
+                data = b""
+            except OSError as err:
+                self._broken(err.strerror or str(err))
+                return
+            if not data:
+                if buffer:
+                    self._broken("connection closed in the middle of a response head")
+                elif self._interim:
+                    self._broken("connection closed before a final response")
+                else:
+                    self._no_response()
+                return
+            buffer += data
+        del buffer[:head.head_end]
+        request = self.head
+        if head.status < 200 and head.status != 101:
+            self._interim = True
+            self._move(upstream, self.conn.sock, buffer, forward.LengthBody(0),
+                       forward.client_response(head, False, request.version), self._read_response)
+            return
+        if head.status == 101:
+            self._broken("protocol upgrades are not forwarded")
+            return
+        body = forward.response_body(head, request.method)
+        # The upstream connection always ends with this response (we asked it to); the client's
+        # may go on, unless the body is delimited by that close or the proxy is shutting down.
+        self._keep_alive = request.keep_alive and not isinstance(body, forward.UntilClose) and self.proxy.serving
+        self._response = head
+        try:
+            # The head and what of the body already arrived go out in one send (often all of it).
+            first = forward.client_response(head, not self._keep_alive, request.version) + take(body, buffer)
+        except HeadError as err:
+            self._broken(str(err))
+            return
+        self._move(upstream, self.conn.sock, buffer, body, first, self._response_sent)
+
+    def _response_sent(self):
+        proxy, upstream, response, fields = self.proxy, self.upstream, self._response, self.fields
+        reusable = (self.head.version != "1.0" and response.keep_alive and not self._buffer
+                    and not isinstance(self._body, forward.UntilClose))
+        self._end()
+        if reusable:
+            proxy.pool.give(upstream.address, upstream.port, upstream.sock)
+        else:
+            upstream.sock.close()
+        fields["status_code"] = response.status
+        fields["content_length"] = -1 if response.content_length is None else response.content_length
+        proxy.log.info(logs.DECISION, {**fields, **proxy.decision_fields(upstream.decision, upstream.lookup_ms),
+                                       "conn_establish_time_ms": upstream.connect_ms})
+        proxy.metrics.observe("proxy_duration_ms", (time.time() - self.started) * 1000)
+        if proxy.webhooks is not None:
+            proxy.request_events(self.head, fields, upstream, self.started)
+        if self._keep_alive and not self.conn.closed:
+            self.conn.next_request()
+        else:
+            self.conn.close()
+
+    # --- moving a message's bytes --------------------------------------------------------------
+
+    def _move(self, source, destination, buffer, body, first, then):
+        """Send ``first``, then the rest of ``body`` from ``source`` (``buffer`` first), then ``then()``."""
+        self._source, self._destination = source, destination
+        self._source_fd, self._destination_fd = source.fileno(), destination.fileno()
+        self._buffer, self._body, self._pending, self._then = buffer, body, first, then
+        self._pump()
+
+    @guarded
+    def _pump(self):
+        source, destination, buffer, body = self._source, self._destination, self._buffer, self._body
+        upward = destination is self.upstream.sock
+        while True:
+            pending = self._pending
+            if pending:
+                try:
+                    sent = destination.send(pending)
+                except BlockingIOError:
+                    self._ready.write(self._destination_fd, self._pump)
+                    return
+                except OSError as err:
+                    self._send_failed(upward, err)
+                    return
+                if upward:
+                    self._sent_up = True
+                else:
+                    self._answered = True
+                if sent < len(pending):
+                    self._pending = memoryview(pending)[sent:]
+                    continue
+                self._pending = None
+            if body.done:
+                self._then()
+                return
+            try:
+                data = source.recv(READ_SIZE)
+            except BlockingIOError:
+                self._ready.read(self._source_fd, self._pump)
+                return
+            except OSError:
+                data = b""
+            if not data:
+                if isinstance(body, forward.UntilClose):
+                    self._then()
+                elif upward:
+                    self._client_gone()
+                else:
+                    self._broken("connection closed in the middle of a body")
+                return
+            try:
+                if buffer:  # bytes past the last message's end: rare; keep them in order
+                    buffer += data
+                    self._pending = take(body, buffer)
+                else:
+                    taken = body.feed(data)
+                    self._pending = data if taken == len(data) else data[:taken]
+                    if taken < len(data):
+                        buffer += data[taken:]
+            except HeadError as err:  # chunked framing that can never be valid
+                if upward:
+                    self._bad_request(err)
+                else:
+                    self._broken(str(err))
+                return
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def _arm(self, seconds, phase):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._phase = phase
+        if seconds:
+            self._timer = self.proxy.loop.call_later(seconds, self._timed_out)
+
+    def _end(self):
+        """Stop waiting and timing, stop counting against the limits; the caller says what is next."""
+        self._ended = True
+        self._ready.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.proxy.limits.release(self.upstream.role)
+        self.proxy.exchanges.discard(self)
+        self.conn.exchange = None
+
+    def _timed_out(self):
+        self._timer = None
+        self.proxy.log.warning("forwarded request timed out", {**self.fields, "error": f"{self._phase} took too long"})
+        self.abort()
+
+    def abort(self):
+        """Close both sides now (a timeout, or the end of a graceful shutdown)."""
+        if not self._ended:
+            self._end()
+            self.upstream.sock.close()
+            self.conn.close()
+
+    def _send_failed(self, upward, err):
+        if not upward:
+            self._client_gone()
+        elif not self._sent_up and isinstance(err, ConnectionError):
+            self._no_response()  # a pooled connection the server had closed: safe to send again
+        else:
+            self._fail(502, f"Failed to send request to remote host: {err.strerror or err}")
+
+    def _client_gone(self):
+        """The client closed or reset mid-exchange: nothing to answer, nothing to retry."""
+        self.abort()
+
+    def _no_response(self):
+        """The upstream closed without a byte of response."""
+        head = self.head
+        if self.upstream.reused and not head.content_length and not head.chunked:
+            self._end()
+            self.upstream.sock.close()
+            self.stale()
+            return
+        self._broken("connection closed before a response")
+
+    def _broken(self, reason):
+        self._fail(502, f"Failed to read response from remote host: {reason}")
+
+    def _fail(self, status, message):
+        """A logged 502 (or 500) when the client has had no byte of the response yet; otherwise
+        (a body cut short) the client sees the connection close."""
+        upstream = self.upstream
+        if not self._ended:
+            self._end()
+            upstream.sock.close()
+        if self._answered or self.conn.closed:
+            self.proxy.log.error("forwarded request failed in the middle of its response",
+                                 {**self.fields, "error": message})
+            self.conn.close()
+            return
+        self.conn.finish(self.proxy.failure(self.head, self.fields, upstream.decision, upstream.lookup_ms, status,
+                                            message, True))
+
+    def _bad_request(self, err):
+        """The client's own body framing can never be valid."""
+        self._end()
+        self.upstream.sock.close()
+        self.proxy.log.warning("bad request", {**self.fields, "error": str(err)})
+        self.conn.finish(responses.bad_request(str(err)))
+
+    def _unexpected(self, err):
+        """A bug (see connection.guarded): contained to this request."""
+        if self._ended:  # past the exchange: the client connection's state is unknown
+            self.proxy.log.error("unexpected error", {**self.fields, "error": f"{type(err).__name__}: {err}"})
+            self.conn.close()
+            return
+        self._fail(500, f"{type(err).__name__}: {err}")
