@@ -73,6 +73,17 @@ def test_parse_response_head(benchmark, impl):
     assert benchmark(impl.parse_response_head, RESPONSE_HEAD).status == 200
 
 
+REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id", b"x-upstream-https-proxy"})
+
+
+@pytest.mark.benchmark(group="rewrite: 1.5 KiB forward head for upstream")
+def test_rewrite_forward_head(benchmark, impl):
+    headers = impl.parse_request_head(FORWARD_HEAD).headers
+    before = b"POST /v2/events/deliveries?attempt=2&sig=v1 HTTP/1.1\r\nHost: hooks.partner-payments.example.com\r\n"
+    rewritten = benchmark(impl.rewrite_head, before, headers, REQUEST_ONLY, True, b"")
+    assert rewritten.startswith(before) and b"Proxy-" not in rewritten and rewritten.endswith(b"\r\n\r\n")
+
+
 def _ranges(count, seed):
     rng = random.Random(seed)
     entries = []

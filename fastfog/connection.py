@@ -60,13 +60,15 @@ class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
     __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role",
-                 "requested")
+                 "requested", "names")
 
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested):
-        """``requested``: the host the client asked for, canonical (classify.Host)."""
+    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested, names):
+        """``requested``: the host the client asked for, canonical (classify.Host); ``names``: the
+        socket's local and remote addresses as the records write them."""
         self.sock, self.decision, self.address, self.via = sock, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
         self.port, self.reused, self.role, self.requested = port, reused, role, requested
+        self.names = names
 
 
 def x509_fields(peer_certificate):
@@ -96,7 +98,7 @@ def guarded(step):
 class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
-    __slots__ = ("proxy", "loop", "sock", "fd", "address", "buffer", "_timer", "_reading", "closed", "tls",
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_timer", "_reading", "closed", "tls",
                  "peer_certificate", "x509_fields", "exchange")
 
     def __init__(self, proxy, sock, address, peer_certificate=None):
@@ -107,6 +109,7 @@ class ClientConnection:
         self.sock = sock
         self.fd = sock.fileno()
         self.address = address
+        self.peer = peer_text(address)  # as every record of the connection writes it
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.peer_certificate = peer_certificate
         self.x509_fields = x509_fields(peer_certificate)
@@ -140,7 +143,7 @@ class ClientConnection:
         self._advance(False)
 
     def _unexpected(self, err):
-        self.proxy.log.error("unexpected error", {"inbound_remote_addr": peer_text(self.address),
+        self.proxy.log.error("unexpected error", {"inbound_remote_addr": self.peer,
                                                   "error": f"{type(err).__name__}: {err}"})
         self._stop_waiting()
         self.finish(responses.internal_error("1.1", f"{type(err).__name__}"))
@@ -175,7 +178,7 @@ class ClientConnection:
                 parse = b"\n" in data or len(self.buffer) >= MAX_HEAD_SIZE
         except HeadError as err:
             self._stop_waiting()
-            self.proxy.log.warning("bad request", {"inbound_remote_addr": peer_text(self.address),
+            self.proxy.log.warning("bad request", {"inbound_remote_addr": self.peer,
                                                    "error": str(err)})
             self.finish(responses.bad_request(str(err)))
         except OSError:
@@ -184,7 +187,7 @@ class ClientConnection:
     def _head_timed_out(self):
         self._timer = None
         self.proxy.log.info("client did not finish its request in time",
-                            {"inbound_remote_addr": peer_text(self.address)})
+                            {"inbound_remote_addr": self.peer})
         self.close()
 
     def _stop_waiting(self):
@@ -561,8 +564,8 @@ class Opening:
         proxy = self.proxy
         pooled = proxy.pool.take(self.address, self.port) if self.reuse else None
         if pooled is not None:
-            self.upstream, self.dial_started = pooled, time.monotonic()
-            self._dial_ended(0, reused=True)
+            self.upstream, self.dial_started = pooled[0], time.monotonic()
+            self._dial_ended(0, pooled[1])
             return
         upstream = _socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM)
         upstream.setblocking(False)
@@ -585,14 +588,15 @@ class Opening:
             self._timer.cancel()
         self._dial_ended(self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
-    def _dial_ended(self, error, reused=False):
+    def _dial_ended(self, error, pooled_names=None):
+        """``pooled_names``: the names of a pooled connection taken instead of dialing."""
         proxy = self.proxy
-        target = peer_text((self.address, self.port))
-        if not reused:
+        if pooled_names is None:
             self._count_dial(error)
         if error:
             self.upstream.close()
             cause = os.strerror(error).lower()
+            target = peer_text((self.address, self.port))
             message = f"Failed to connect to remote host: dial tcp {target}: connect: {cause}"
             self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 502, message,
                                        self.close))
@@ -602,11 +606,11 @@ class Opening:
             self._release()
             self.done(None, None, True)
             return
-        self.fields["outbound_local_addr"] = peer_text(self.upstream.getsockname())
-        self.fields["outbound_remote_addr"] = peer_text(self.upstream.getpeername())
+        names = pooled_names or (peer_text(self.upstream.getsockname()), peer_text(self.upstream.getpeername()))
+        self.fields["outbound_local_addr"], self.fields["outbound_remote_addr"] = names
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
         upstream = Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
-                            self.port, reused, self.role, self.requested)
+                            self.port, pooled_names is not None, self.role, self.requested, names)
         self.role = None  # the caller releases it when the request is done
         self.done(upstream, None, False)
 

@@ -142,7 +142,7 @@ class Exchange:
                     and not isinstance(self._body, forward.UntilClose))
         self._end()
         if reusable:
-            proxy.pool.give(upstream.address, upstream.port, upstream.sock)
+            proxy.pool.give(upstream.address, upstream.port, upstream.sock, upstream.names)
         else:
             upstream.sock.close()
         fields["status_code"] = response.status

@@ -12,8 +12,8 @@ many of the bytes read belong to the message.
 """
 
 from fastfog.chunked import ChunkedBody
+from fastfog.hotpaths import rewrite_head
 
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
 REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id", b"x-upstream-https-proxy"})
 RESPONSE_ONLY = frozenset({b"x-smokescreen-error"})
 
@@ -63,40 +63,21 @@ def response_body(head, method):
     return UntilClose()
 
 
-def _connection_tokens(headers):
-    tokens = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(token.strip(b" \t").lower() for token in value.split(b","))
-    return tokens
-
-
-def _kept(headers, dropped):
-    named = _connection_tokens(headers)
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in dropped or lower in named:
-            continue
-        yield name, value
-
-
 def upstream_request(head):
     """The request head to send upstream."""
-    lines = [f"{head.method} {head.path} HTTP/{head.version}".encode("ascii"),
-             b"Host: " + head.authority.encode("ascii")]
-    lines += [name + b": " + value for name, value in _kept(head.headers, REQUEST_ONLY)
-              if not name.lower().startswith(b"proxy-")]
-    if head.version == "1.0":
-        lines.append(b"Connection: close")  # HTTP/1.0 upstream connections are not pooled
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    before = f"{head.method} {head.path} HTTP/{head.version}\r\nHost: {head.authority}\r\n".encode("ascii")
+    # HTTP/1.0 upstream connections are not pooled.
+    return rewrite_head(before, head.headers, REQUEST_ONLY, True, b"Connection: close\r\n" if head.version == "1.0" else b"")
 
 
 def client_response(head, close, client_version):
     """The response head to send the client; ``close`` when the client connection ends after it."""
-    lines = [f"HTTP/1.1 {head.status} {head.reason}".rstrip().encode("latin-1")]  # our own version (RFC 9110 2.5)
-    lines += [name + b": " + value for name, value in _kept(head.headers, RESPONSE_ONLY)]
+    # Our own version (RFC 9110 section 2.5); a reason phrase is optional.
+    start = f"HTTP/1.1 {head.status} {head.reason}".rstrip() + "\r\n"
     if close:
-        lines.append(b"Connection: close")
+        after = b"Connection: close\r\n"
     elif client_version == "1.0":
-        lines.append(b"Connection: keep-alive")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+        after = b"Connection: keep-alive\r\n"
+    else:
+        after = b""
+    return rewrite_head(start.encode("latin-1"), head.headers, RESPONSE_ONLY, False, after)

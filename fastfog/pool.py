@@ -35,29 +35,30 @@ class UpstreamPool:
         return self._count
 
     def take(self, address, port):
-        """An idle connection to ``address:port`` that still looks open, or None."""
+        """(socket, names) of an idle connection to ``address:port`` that still looks open, or None."""
         stack = self._idle.get((address, port))
         now = time.monotonic()
         while stack:
-            sock, since = stack.pop()
+            sock, names, since = stack.pop()
             self._count -= 1
             if now - since < self.idle_seconds and _still_open(sock):
-                return sock
+                return sock, names
             sock.close()
         return None
 
-    def give(self, address, port, sock):
-        """Keep ``sock`` for reuse, or close it when the pool is full."""
+    def give(self, address, port, sock, names=None):
+        """Keep ``sock`` for reuse, or close it when the pool is full. ``names``: what the caller
+        wants back with it (its local and remote address texts, which do not change)."""
         stack = self._idle.setdefault((address, port), [])
         if len(stack) >= self.max_idle_per_host or self._count >= self.max_idle:
             sock.close()
             return
-        stack.append((sock, time.monotonic()))
+        stack.append((sock, names, time.monotonic()))
         self._count += 1
 
     def close(self):
         for stack in self._idle.values():
-            for sock, _ in stack:
+            for sock, _, _ in stack:
                 sock.close()
         self._idle.clear()
         self._count = 0

@@ -270,7 +270,7 @@ class Proxy:
     def request_fields(self, conn, proxy_type, head, started=None):
         fields = {
             "id": self.ids.next(),
-            "inbound_remote_addr": peer_text(conn.address),
+            "inbound_remote_addr": conn.peer,
             "proxy_type": proxy_type,
             "requested_host": head.authority,
             "start_time": logs.rfc3339(started or time.time()),

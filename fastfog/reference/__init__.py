@@ -8,6 +8,7 @@ from fastfog.errors import HeadError
 from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.clienthello import client_hello_sni
 from fastfog.reference.cidr import CidrTable
+from fastfog.reference.forwardhead import rewrite_head
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.httphead import (
     DEFAULT_MAX_HEAD_SIZE,
@@ -22,6 +23,6 @@ from fastfog.reference.relay import SpliceRelay
 
 __all__ = [
     "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
-    "IdSource", "RequestHead", "client_hello_sni", "ResponseHead", "SpliceRelay", "json_line", "parse_request_head", "parse_response_head",
-    "rfc3339",
+    "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni", "json_line",
+    "parse_request_head", "parse_response_head", "rewrite_head", "rfc3339",
 ]

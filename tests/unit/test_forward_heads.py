@@ -9,6 +9,7 @@ from fastfog import forward
 from fastfog.chunked import ChunkedBody
 from fastfog.errors import HeadError
 from fastfog.reference import parse_request_head, parse_response_head
+from support import IMPLEMENTATIONS
 
 BODY = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
 
@@ -84,3 +85,42 @@ def test_response_framing(response, method, kind):
     if found is None:
         found = "empty" if body.done else "length"
     assert found == kind
+
+
+_WELL_KNOWN = [b"Connection", b"Keep-Alive", b"TE", b"Upgrade", b"Proxy-Connection", b"Proxy-Authorization",
+               b"Proxy-Foo", b"X-Hop", b"X-Kept", b"Accept", b"X-Smokescreen-Role", b"X-Smokescreen-Error"]
+_SPECIAL = {b"host", b"content-length", b"transfer-encoding"}  # framing: h11 checks them, not our subject
+
+
+def _any_case(name, flips):
+    return bytes(c ^ 0x20 if flip and chr(c).isalpha() else c for c, flip in zip(name, flips + [False] * len(name)))
+
+
+_names = st.builds(_any_case, st.sampled_from(_WELL_KNOWN) | st.from_regex(rb"\A[A-Za-z][A-Za-z0-9-]{0,12}\Z"),
+                   st.lists(st.booleans(), max_size=20)).filter(lambda name: name.lower() not in _SPECIAL)
+_values = st.from_regex(rb"\A([!-~]([ -~]{0,16}[!-~])?)?\Z")
+_listing = st.lists(st.sampled_from(_WELL_KNOWN) | _names, max_size=4).map(lambda names: b", ".join(names))
+_headers = st.lists(st.one_of(st.tuples(_names, _values), st.tuples(st.just(b"Connection"), _listing)), max_size=12)
+
+
+@given(headers=_headers, drop_proxy=st.booleans(), request=st.booleans())
+def test_rewrite_head_agrees_across_implementations_and_with_h11(headers, drop_proxy, request):
+    """Every implementation writes the same head; h11 reads back exactly the headers that should go on."""
+    dropped = forward.REQUEST_ONLY if request else forward.RESPONSE_ONLY
+    before = b"GET / HTTP/1.1\r\nHost: h\r\n" if request else b"HTTP/1.1 200 OK\r\n"
+    written = {name: impl.rewrite_head(before, headers, dropped, drop_proxy, b"X-Own: 1\r\n")
+               for name, impl in IMPLEMENTATIONS.items()}
+    assert len(set(written.values())) == 1
+    listed = {token.strip(b" \t").lower() for name, value in headers if name.lower() == b"connection"
+              for token in value.split(b",")}
+    hop_by_hop = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
+    expected = [(name.lower(), value) for name, value in headers
+                if name.lower() not in hop_by_hop | dropped | listed
+                and not (drop_proxy and name.lower().startswith(b"proxy-"))]
+    conn = h11.Connection(h11.SERVER if request else h11.CLIENT)
+    if not request:
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "h")]))
+    conn.receive_data(written["reference"])
+    event = conn.next_event()
+    read_back = [(name, value) for name, value in event.headers]
+    assert read_back == ([(b"host", b"h")] if request else []) + expected + [(b"x-own", b"1")]

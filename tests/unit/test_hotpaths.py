@@ -91,7 +91,7 @@ def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
-                        "rfc3339", "client_hello_sni"}
+                        "rfc3339", "client_hello_sni", "rewrite_head"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {

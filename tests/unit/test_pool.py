@@ -13,10 +13,10 @@ pytestmark = pytest.mark.netns
 def test_take_returns_what_was_given_for_that_address_only():
     pool = UpstreamPool()
     mine, server = tcp_pair()
-    pool.give("203.0.113.10", 80, mine)
+    pool.give("203.0.113.10", 80, mine, ("local", "remote"))
     assert pool.take("203.0.113.10", 8080) is None
     assert pool.take("203.0.113.11", 80) is None
-    assert pool.take("203.0.113.10", 80) is mine
+    assert pool.take("203.0.113.10", 80) == (mine, ("local", "remote"))
     assert pool.take("203.0.113.10", 80) is None
     mine.close()
     server.close()
