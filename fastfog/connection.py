@@ -98,8 +98,8 @@ def guarded(step):
 class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
-    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_timer", "_reading", "closed", "tls",
-                 "peer_certificate", "x509_fields", "exchange")
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_timer", "_timeout", "_reading",
+                 "closed", "tls", "peer_certificate", "x509_fields", "exchange")
 
     def __init__(self, proxy, sock, address, peer_certificate=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
@@ -115,6 +115,7 @@ class ClientConnection:
         self.x509_fields = x509_fields(peer_certificate)
         self.buffer = bytearray()
         self._timer = None
+        self._timeout = 0.0
         self._reading = False
         self.closed = False
         self.exchange = None  # the forwarded request in flight (exchange.Exchange), if any
@@ -122,16 +123,15 @@ class ClientConnection:
 
     def read_head(self, first=True):
         """Wait for a request head: the first for at most read_header_timeout, a later one on a
-        kept-alive connection for at most idle_timeout (when set)."""
+        kept-alive connection for at most idle_timeout (when set). The timer starts only when
+        the head is not there already."""
         if self.closed:
             return
         if not self.proxy.serving and not self.buffer:
             self.close()
             return
         config = self.proxy.config
-        timeout = config.read_header_timeout if first or not config.idle_timeout else config.idle_timeout
-        if timeout:
-            self._timer = self.loop.call_later(timeout, self._head_timed_out)
+        self._timeout = config.read_header_timeout if first or not config.idle_timeout else config.idle_timeout
         self._advance(bool(self.buffer))
 
     def next_request(self):
@@ -166,6 +166,8 @@ class ClientConnection:
                     if not self._reading:
                         self._reading = True
                         self.loop.add_reader(self.fd, self._on_readable)
+                        if self._timeout and self._timer is None:
+                            self._timer = self.loop.call_later(self._timeout, self._head_timed_out)
                     return
                 if not data:
                     if self.buffer.strip():

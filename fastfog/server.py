@@ -49,6 +49,10 @@ def open_listener(ip, port, reuse_port=False):
         address = (ip, port)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Clients speak first (a request head, a PROXY header or a ClientHello): a connection is
+        # handed to accept() once its first bytes are in, so the first read never has to wait.
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
