@@ -108,7 +108,8 @@ def check_config(path, out=sys.stdout, err=sys.stderr):
     return 0
 
 
-def serve(args, err=sys.stderr):
+def serve(args, argv, err=sys.stderr):
+    """``argv``: the command line after the program name (workers are started with it)."""
     from fastfog.config import ConfigError, load_config
 
     flags = flags_from_args(args)
@@ -121,9 +122,16 @@ def serve(args, err=sys.stderr):
     if problems:
         print(f"Could not create configuration: {'; '.join(problems)}", file=err)
         return 1
+    from fastfog.control import WorkerRole
+
+    worker = WorkerRole.from_environment()
+    if config.workers > 1 and worker is None:
+        from fastfog.supervisor import command_line, supervise
+
+        return supervise(config, command_line(argv))
     from fastfog.server import run
 
-    return run(config, reload=lambda: load_config(args.config_file, flags))
+    return run(config, reload=lambda: load_config(args.config_file, flags), worker=worker)
 
 
 def hash_password(user, role, stdin=sys.stdin, out=sys.stdout, err=sys.stderr):
@@ -145,6 +153,7 @@ def hash_password(user, role, stdin=sys.stdin, out=sys.stdout, err=sys.stderr):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -153,7 +162,7 @@ def main(argv=None):
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, argv)
     if args.command == "bench":
         from fastfog.bench.run import main as bench
 

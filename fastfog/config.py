@@ -401,7 +401,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 
 # Settings whose feature the proxy does not have yet: serve refuses them when they differ
 # from their default. Each piece of work that brings a feature removes its keys from here.
-NOT_YET_SUPPORTED = frozenset({"workers"})
+NOT_YET_SUPPORTED = frozenset()
 NEVER_SUPPORTED = {
     "mitm_ca_cert_file": "fastfog does not intercept TLS (MITM); remove mitm_ca_cert_file and mitm_ca_key_file",
 }

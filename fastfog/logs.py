@@ -9,6 +9,7 @@ working.
 
 import json
 import os
+import select
 import sys
 import time
 
@@ -36,11 +37,14 @@ def _logfmt_value(value):
 class Log:
     """Buffered structured log on a file descriptor (standard error by default)."""
 
-    def __init__(self, fmt="json", fd=None, loop=None):
+    def __init__(self, fmt="json", fd=None, loop=None, atomic_lines=False):
+        """``atomic_lines``: several processes write to the same stream (``--workers``); each
+        write is then whole lines of at most PIPE_BUF bytes, which a pipe never interleaves."""
         self._fd = sys.stderr.fileno() if fd is None else fd
         self._format = hotpaths.json_line if fmt == "json" else self._logfmt
         self._pending = []
         self._loop = loop
+        self._atomic = atomic_lines
 
     def attach(self, loop):
         """Batch writes on ``loop`` from now on (before that, each record is written at once)."""
@@ -72,9 +76,20 @@ class Log:
         self.emit("error", msg, fields)
 
     def flush(self):
-        if self._pending:
-            lines, self._pending = self._pending, []
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        if not self._atomic:
             self._write(b"".join(lines))
+            return
+        batch, size = [], 0
+        for line in lines:
+            if batch and size + len(line) > select.PIPE_BUF:
+                self._write(b"".join(batch))
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line)
+        self._write(b"".join(batch))
 
     def _write(self, data):
         while data:

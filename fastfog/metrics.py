@@ -253,14 +253,16 @@ class StatsdSink:
         self.sock.close()
 
 
-async def serve_prometheus(metrics, host, port, endpoint):
-    """The scrape endpoint: GET ``endpoint`` answers the text format; anything else 404."""
+async def serve_prometheus(render, host, port, endpoint):
+    """The scrape endpoint: GET ``endpoint`` answers ``render()`` (the text format; a coroutine
+    function too, for the supervisor that asks its workers); anything else 404."""
     async def answer(reader, writer):
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             line = request.split(b"\r\n", 1)[0].split(b" ")
             if len(line) == 3 and line[0] in (b"GET", b"HEAD") and line[1].split(b"?")[0] == endpoint.encode():
-                body = metrics.prometheus_text().encode()
+                text = render()
+                body = (await text if asyncio.iscoroutine(text) else text).encode()
                 status, kind = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
             else:
                 body, status, kind = b"not found\n", "404 Not Found", "text/plain"

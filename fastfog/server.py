@@ -3,10 +3,12 @@
 The listening socket is a plain non-blocking socket watched by the loop, and
 each readable event accepts a batch of connections, so the proxy owns every
 client socket from the start (see proxy.py). SIGTERM, SIGINT and SIGUSR2 stop
-accepting at once, then wait for open tunnels to close or go idle, at most
-``exit_timeout``; what is left is closed and logged ``active_at_termination``.
-SIGHUP reloads the configuration (see reload.py), as does ``POST /reload`` on
-the admin socket. Under Einhorn the listener is the one Einhorn passes down.
+accepting at once, then wait for forwarded requests to finish and open tunnels
+to close or go idle, at most ``exit_timeout``; what is left is closed and
+logged ``active_at_termination``. SIGHUP reloads the configuration (see
+reload.py), as does ``POST /reload`` on the admin socket. Under Einhorn the
+listener is the one Einhorn passes down; with ``--workers`` this runs in each
+worker process (see supervisor.py).
 """
 
 import _socket
@@ -22,6 +24,7 @@ import uvloop
 
 from fastfog import logs, stats, unixhttp
 from fastfog.connection import peer_text
+from fastfog.control import answer_supervisor
 from fastfog.dns import Resolver
 from fastfog.logs import Log
 from fastfog.metrics import StatsdSink, serve_prometheus
@@ -34,8 +37,9 @@ WEBHOOK_DRAIN_SECONDS = 2.0  # at exit, events still queued get this long to go 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
-def open_listener(ip, port, reuse_port=False):
-    """A listening TCP socket on ``ip:port``; an empty ip means every address, IPv6 and IPv4."""
+def open_listener(ip, port, reuse_port=False, listen=True):
+    """A listening TCP socket on ``ip:port``; an empty ip means every address, IPv6 and IPv4.
+    ``listen=False``: only bound (see workers.reserve_port)."""
     if ip == "":
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -56,7 +60,8 @@ def open_listener(ip, port, reuse_port=False):
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(4096)
+        if listen:
+            sock.listen(4096)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -120,14 +125,18 @@ def own_addresses(listener):
     return [host]
 
 
-async def serve(config, log, ready=None, stop=None, reload=None):
+async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
     """Serve until a shutdown signal, or until the future ``stop`` is done (embedding, tests);
     ``ready(address)`` is called once listening. ``reload()`` returns a freshly loaded Config
-    (raising ConfigError): SIGHUP and the admin socket's POST /reload call it."""
+    (raising ConfigError): SIGHUP and the admin socket's POST /reload call it. ``worker``: a
+    control.WorkerRole when this is one of several processes (see supervisor.py)."""
     loop = asyncio.get_running_loop()
     log.attach(loop)
     try:
-        listener = einhorn_listener() or open_listener(config.ip, config.port)
+        if worker is not None:
+            listener = open_listener(config.ip, worker.port, reuse_port=True)
+        else:
+            listener = einhorn_listener() or open_listener(config.ip, config.port)
     except OSError as err:
         raise ListenError(f"cannot listen on {config.ip or '*'}:{config.port}: {err.strerror or err}") from None
     address = listener.getsockname()
@@ -174,11 +183,17 @@ async def serve(config, log, ready=None, stop=None, reload=None):
             stats_socket = await stats.start(proxy, config.stats_socket_dir, config.stats_socket_file_mode)
         except OSError as err:
             raise ListenError(f"stats_socket_dir: {config.stats_socket_dir}: {err.strerror or err}") from None
-    exporters = await _start_metrics(config, proxy, log)
+    exporters = await _start_metrics(config, proxy, log, worker)
     if config.webhook is not None:
         proxy.webhooks = Webhooks(config.webhook, log, proxy.metrics)
-    admin_socket = None
-    if config.admin_socket:
+    admin_socket = supervisor = None
+    if worker is not None:  # the supervisor serves the admin socket and asks us
+        supervisor = loop.create_task(answer_supervisor(worker, {
+            "metrics": proxy.metrics.snapshot,
+            "status": lambda: _status(proxy, reloader, started),
+            "reload": lambda: reloader.reload("admin socket"),
+        }, lambda: on_signal(signal.SIGTERM)))
+    elif config.admin_socket:
         try:
             admin_socket = await _start_admin_socket(config.admin_socket, proxy, reloader, started)
         except OSError as err:
@@ -193,6 +208,8 @@ async def serve(config, log, ready=None, stop=None, reload=None):
     finally:
         if sweeper is not None:
             sweeper.cancel()
+        if supervisor is not None:
+            supervisor.cancel()
         loop.remove_reader(listener.fileno())
         listener.close()
         proxy.serving = False
@@ -245,29 +262,31 @@ class _StatsdGauges:
 
     GAUGE_PERIOD = 10.0
 
-    def __init__(self, loop, metrics, sink):
-        self.metrics, self.sink = metrics, sink
+    def __init__(self, loop, metrics, sink, labels=()):
+        """``labels``: the worker's, when there are several (each sends its own gauges)."""
+        self.metrics, self.sink, self.labels = metrics, sink, labels
         self.task = loop.create_task(self._run())
 
     async def _run(self):
         while True:
             await asyncio.sleep(self.GAUGE_PERIOD)
             for name, read in self.metrics.gauges.items():
-                self.sink.add(name, read(), "g", ())
+                self.sink.add(name, read(), "g", self.labels)
 
     def close(self):
         self.task.cancel()
         self.sink.close()
 
 
-async def _start_metrics(config, proxy, log):
-    """The exporters the config asks for (Prometheus endpoint, statsd sink); each has close()."""
+async def _start_metrics(config, proxy, log, worker=None):
+    """The exporters the config asks for (Prometheus endpoint, statsd sink); each has close().
+    A worker has no Prometheus endpoint of its own: the supervisor adds up every worker's."""
     exporters = []
     metrics = proxy.metrics
-    if config.expose_prometheus_metrics:
+    if config.expose_prometheus_metrics and worker is None:
         try:
-            exporters.append(await serve_prometheus(metrics, config.prometheus_listen_ip, config.prometheus_port,
-                                                    config.prometheus_endpoint))
+            exporters.append(await serve_prometheus(metrics.prometheus_text, config.prometheus_listen_ip,
+                                                    config.prometheus_port, config.prometheus_endpoint))
         except OSError as err:
             raise ListenError(f"cannot serve Prometheus metrics on {config.prometheus_listen_ip}:"
                               f"{config.prometheus_port}: {err.strerror or err}") from None
@@ -289,7 +308,7 @@ async def _start_metrics(config, proxy, log):
         except OSError as err:  # a name that does not resolve, say
             raise ListenError(f"statsd_address: {config.statsd_address}: {err.strerror or err}") from None
         metrics.statsd = sink
-        exporters.append(_StatsdGauges(loop, metrics, sink))
+        exporters.append(_StatsdGauges(loop, metrics, sink, () if worker is None else (("worker", worker.index),)))
     return exporters
 
 
@@ -300,31 +319,35 @@ async def _start_admin_socket(path, proxy, reloader, started):
         outcome = reloader.reload("admin socket")
         return (200 if outcome["ok"] else 422), outcome
 
-    def status():
-        config = proxy.config
-        return 200, {
-            "config_file": config.source,
-            "acl": None if config.acl is None else config.acl.summary(),
-            "tls": config.server_tls is not None,
-            "started": logs.rfc3339(started),
-            "uptime_seconds": round(time.time() - started, 3),
-            "reloads": reloader.count,
-            "last_reload": reloader.last,
-            "open_tunnels": len(proxy.tunnels),
-            "open_connections": len(proxy.connections),
-            "serving": proxy.serving,
-        }
+    return await unixhttp.serve(path, 0o600, {("POST", "/reload"): reload,
+                                              ("GET", "/status"): lambda: (200, _status(proxy, reloader, started))})
 
-    return await unixhttp.serve(path, 0o600, {("POST", "/reload"): reload, ("GET", "/status"): status})
+
+def _status(proxy, reloader, started):
+    """What is loaded and what is open (GET /status)."""
+    config = proxy.config
+    return {
+        "config_file": config.source,
+        "acl": None if config.acl is None else config.acl.summary(),
+        "tls": config.server_tls is not None,
+        "started": logs.rfc3339(started),
+        "uptime_seconds": round(time.time() - started, 3),
+        "reloads": reloader.count,
+        "last_reload": reloader.last,
+        "open_tunnels": len(proxy.tunnels),
+        "open_connections": len(proxy.connections),
+        "serving": proxy.serving,
+    }
 
 
 class ListenError(Exception):
     """A socket fastfog was told to serve on cannot be opened (in use, no permission, no such address)."""
 
 
-def run(config, reload=None):
+def run(config, reload=None, worker=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
-    log = Log(config.log_format)
+    # Workers share standard error: each write must be whole lines, small enough to be atomic.
+    log = Log(config.log_format, atomic_lines=worker is not None)
 
     def ready(address):
         # Everything built so far (config, ACL, address tables) lives as long as the process:
@@ -334,7 +357,7 @@ def run(config, reload=None):
         gc.freeze()
 
     try:
-        uvloop.run(serve(config, log, ready=ready, reload=reload))
+        uvloop.run(serve(config, log, ready=ready, reload=reload, worker=worker))
     except ListenError as err:
         log.attach(None)  # the loop is gone: write at once
         log.error("cannot start", {"error": str(err)})

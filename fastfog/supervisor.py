@@ -1,0 +1,225 @@
+"""``--workers N``: N proxy processes sharing one port, under a supervisor.
+
+Each worker is a ``fastfog serve`` process of its own (started afresh, not
+forked from a running loop) with its own listening socket on the same address:
+SO_REUSEPORT makes the kernel spread new connections over them. Each has its
+own loop, resolver, DNS cache, upstream pool and limits, so a limit applies
+per worker. The supervisor:
+
+- reserves the port with a socket that is bound but never listens (so it never
+  takes a connection), which also makes ``--listen-port 0`` work;
+- starts the workers, and starts a new one when one dies unexpectedly;
+- passes SIGTERM, SIGINT, SIGUSR2 and SIGHUP on, and exits once all workers have
+  stopped (each drains its connections as a single process does);
+- serves the Prometheus endpoint with every worker's figures added up, and
+  the admin socket (``POST /reload`` reloads every worker, ``GET /status``
+  reports each), asking the workers over their control channels (control.py).
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+
+import uvloop
+
+from fastfog import logs, unixhttp
+from fastfog.connection import peer_text
+from fastfog.control import ENVIRONMENT, read_message, send_message
+from fastfog.logs import Log
+from fastfog.metrics import merge, render_prometheus, serve_prometheus
+from fastfog.server import SHUTDOWN_SIGNALS, open_listener
+
+RESTART_DELAY = 1.0  # a worker that keeps dying is started again at most once a second
+STARTUP_SECONDS = 10.0  # a first run that exits with an error this soon could not start (its log says why)
+ASK_TIMEOUT = 10.0
+
+
+class Worker:
+    """One worker process as the supervisor sees it."""
+
+    def __init__(self, index):
+        self.index = index
+        self.process = None
+        self.reader = self.writer = None
+        self.lock = asyncio.Lock()  # one request at a time on the channel
+        self.starts = 0
+        self.started_at = 0.0
+
+    async def start(self, command, port):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        environment = {**os.environ, ENVIRONMENT: f"{self.index}:{port}:{child.fileno()}"}
+        try:
+            self.process = await asyncio.create_subprocess_exec(*command, env=environment, pass_fds=(child.fileno(),))
+        finally:
+            child.close()
+        self.reader, self.writer = await asyncio.open_unix_connection(sock=parent)
+        self.starts += 1
+        self.started_at = time.monotonic()
+
+    async def ask(self, op):
+        """The worker's answer to ``op``: {"ok": True, "value": ...} or {"ok": False, "error": ...}."""
+        async with self.lock:
+            try:
+                await send_message(self.writer, {"op": op})
+                reply = await asyncio.wait_for(read_message(self.reader), ASK_TIMEOUT)
+            except (OSError, asyncio.TimeoutError) as err:
+                return {"ok": False, "error": f"worker {self.index} did not answer: {err or 'timeout'}"}
+        return reply if reply is not None else {"ok": False, "error": f"worker {self.index} is gone"}
+
+    def signal(self, signum):
+        if self.process is not None and self.process.returncode is None:
+            try:
+                self.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+def reserve_port(ip, port):
+    """A socket bound to ip:port with SO_REUSEPORT that never listens: the port stays ours while
+    workers come and go, and port 0 becomes a real one. Returns the socket."""
+    return open_listener(ip, port, reuse_port=True, listen=False)
+
+
+def supervise(config, command):
+    """Run ``config.workers`` workers (each ``command``, a fastfog serve command line) until told to
+    stop; the process's exit code."""
+    log = Log(config.log_format)
+    if os.environ.get("EINHORN_FD_0") is not None:
+        log.error("cannot start", {"error": "under Einhorn, let Einhorn run the processes (einhorn -n N) "
+                                            "instead of --workers"})
+        return 1
+    try:
+        reserved = reserve_port(config.ip, config.port)
+    except OSError as err:
+        log.error("cannot start", {"error": f"cannot listen on {config.ip or '*'}:{config.port}: "
+                                            f"{err.strerror or err}"})
+        return 1
+    with reserved:
+        return uvloop.run(_supervise(config, command, reserved.getsockname(), log))
+
+
+async def _supervise(config, command, address, log):
+    loop = asyncio.get_running_loop()
+    log.attach(loop)
+    stopping = loop.create_future()
+    workers = [Worker(index) for index in range(config.workers)]
+    started = time.time()
+
+    def on_signal(signum):
+        if not stopping.done():
+            stopping.set_result(signum)
+        for worker in workers:
+            worker.signal(signum)
+
+    def on_reload():
+        log.info("passing SIGHUP on to the workers", {"workers": len(workers)})
+        for worker in workers:
+            worker.signal(signal.SIGHUP)
+
+    for signum in SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    try:
+        for worker in workers:
+            await worker.start(command, address[1])
+    except OSError as err:
+        log.error("cannot start", {"error": f"cannot start a worker: {err}"})
+        for worker in workers:
+            worker.signal(signal.SIGTERM)
+        await asyncio.gather(*(worker.process.wait() for worker in workers if worker.process is not None))
+        return 1
+    failed = []
+
+    def fail():
+        failed.append(True)
+        on_signal(signal.SIGTERM)
+
+    watchers = [loop.create_task(_watch(worker, command, address[1], stopping, fail, log)) for worker in workers]
+    servers = await _start_services(config, workers, started, log)
+    log.info("supervising workers", {"address": peer_text(address), "workers": len(workers),
+                                     "pids": [worker.process.pid for worker in workers]})
+    if servers is None:  # a service could not start: stop the workers again
+        fail()
+    signum = await stopping
+    log.info("stopping workers", {"signal": signal.Signals(signum).name})
+    await asyncio.gather(*watchers)
+    for close in servers or ():
+        close()
+    log.flush()
+    return 1 if failed else 0
+
+
+async def _watch(worker, command, port, stopping, fail, log):
+    """Wait for the worker to exit; start it again unless the supervisor is stopping. A worker
+    that could not start at all (its own record says why) stops everything: ``fail()``."""
+    while True:
+        code = await worker.process.wait()
+        if stopping.done():
+            return
+        if worker.starts == 1 and code > 0 and time.monotonic() - worker.started_at < STARTUP_SECONDS:
+            log.error("a worker could not start; stopping", {"worker": worker.index, "exit_code": code})
+            fail()
+            return
+        log.error("worker exited unexpectedly; starting it again",
+                  {"worker": worker.index, "pid": worker.process.pid, "exit_code": code})
+        while not stopping.done():
+            await asyncio.sleep(RESTART_DELAY)
+            try:
+                await worker.start(command, port)
+                break
+            except OSError as err:  # out of processes or file descriptors, say: try again
+                log.error("cannot start a worker", {"worker": worker.index, "error": str(err)})
+        if stopping.done():
+            worker.signal(signal.SIGTERM)  # the stop came while it was starting
+            if worker.process is None or worker.process.returncode is not None:
+                return
+
+
+async def _start_services(config, workers, started, log):
+    """The supervisor's Prometheus endpoint and admin socket; their close functions, or None
+    when one cannot start (logged)."""
+    closers = []
+    if config.expose_prometheus_metrics:
+        async def render():
+            replies = await asyncio.gather(*(worker.ask("metrics") for worker in workers))
+            return render_prometheus(merge([reply["value"] for reply in replies if reply["ok"]]))
+
+        try:
+            server = await serve_prometheus(render, config.prometheus_listen_ip, config.prometheus_port,
+                                            config.prometheus_endpoint)
+        except OSError as err:
+            log.error("cannot start", {"error": f"cannot serve Prometheus metrics on {config.prometheus_listen_ip}:"
+                                                f"{config.prometheus_port}: {err.strerror or err}"})
+            return None
+        closers.append(server.close)
+    if config.admin_socket:
+        async def reload():
+            replies = await asyncio.gather(*(worker.ask("reload") for worker in workers))
+            outcomes = [reply["value"] if reply["ok"] else {"ok": False, "error": reply["error"]}
+                        for reply in replies]
+            ok = all(outcome["ok"] for outcome in outcomes)
+            return (200 if ok else 422), {"ok": ok, "workers": outcomes}
+
+        async def status():
+            replies = await asyncio.gather(*(worker.ask("status") for worker in workers))
+            return 200, {"started": logs.rfc3339(started), "uptime_seconds": round(time.time() - started, 3),
+                         "workers": [{"index": worker.index, "pid": worker.process.pid, "starts": worker.starts,
+                                      **(reply["value"] if reply["ok"] else {"error": reply["error"]})}
+                                     for worker, reply in zip(workers, replies)]}
+
+        path = config.admin_socket
+        try:
+            server = await unixhttp.serve(path, 0o600, {("POST", "/reload"): reload, ("GET", "/status"): status})
+        except OSError as err:
+            log.error("cannot start", {"error": f"admin_socket: {path}: {err.strerror or err}"})
+            return None
+        closers.append(lambda: unixhttp.stop(server, path))
+    return closers
+
+
+def command_line(argv):
+    """How to start a worker: this Python running fastfog with the same arguments."""
+    return [sys.executable, "-m", "fastfog", *argv]
