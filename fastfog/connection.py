@@ -608,7 +608,8 @@ class Opening:
             self._release()
             self.done(None, None, True)
             return
-        names = pooled_names or (peer_text(self.upstream.getsockname()), peer_text(self.upstream.getpeername()))
+        # The remote end is the address dialed (canonical text already): no need to ask the kernel.
+        names = pooled_names or (peer_text(self.upstream.getsockname()), peer_text((self.address, self.port)))
         self.fields["outbound_local_addr"], self.fields["outbound_remote_addr"] = names
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
         upstream = Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,

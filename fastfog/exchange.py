@@ -72,7 +72,17 @@ class Exchange:
         except HeadError as err:
             self._bad_request(err)
             return
+        if not body.done and forward.expects_continue(self.head):
+            self._send_continue()
         self._move(conn.sock, self.upstream.sock, conn.buffer, body, first, self._request_sent)
+
+    def _send_continue(self):
+        """The client waits for ``100 Continue`` before its body: the request is allowed, say so.
+        25 bytes nearly always fit; if they do not, the client sends its body after its own wait."""
+        try:
+            self.conn.sock.send(forward.CONTINUE)
+        except OSError:  # full (the client will not wait forever) or gone (reading its body says so)
+            pass
 
     def _request_sent(self):
         self._arm(self.proxy.config.write_timeout, "writing the response")

@@ -14,7 +14,21 @@ many of the bytes read belong to the message.
 from fastfog.chunked import ChunkedBody
 from fastfog.hotpaths import rewrite_head
 
-REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id", b"x-upstream-https-proxy"})
+# ``Expect`` too: fastfog answers a client's ``100-continue`` itself and sends the body on at once
+# (as Smokescreen's Go server does), so the upstream is never asked to wait.
+REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id", b"x-upstream-https-proxy",
+                          b"expect"})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def expects_continue(head):
+    """An HTTP/1.1 request with a body whose client waits for ``100 Continue`` before sending it."""
+    if head.version == "1.0" or not (head.content_length or head.chunked):
+        return False
+    for name, value in head.headers:
+        if len(name) == 6 and name.lower() == b"expect":
+            return value.strip(b" \t").lower() == b"100-continue"
+    return False
 RESPONSE_ONLY = frozenset({b"x-smokescreen-error"})
 
 

@@ -63,6 +63,7 @@ class Metrics:
         self.statsd = statsd
         self.max_roles = max_roles
         self._roles = {}  # metric name -> {raw role: label value}
+        self._labels = {}  # (event, role, project, ...) -> its labels, made once (bounded)
 
     def role(self, metric, raw):
         """The label value for ``raw`` in ``metric``: sanitised, and capped per metric."""
@@ -108,15 +109,27 @@ class Metrics:
 
     # --- the events, with Smokescreen's names and tags -------------------------------------
 
+    def _cached_labels(self, key, make):
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = make()
+            if len(self._labels) < 16 * self.max_roles:  # past that, made each time
+                self._labels[key] = labels
+        return labels
+
     def acl_decision(self, decision, role):
-        if decision.result is None:
+        result = decision.result
+        if result is None:
             return
-        self.incr("acl." + decision.result, (("def_rule", "true" if decision.default_rule else "false"),
-                                             ("project", sanitise(decision.project or "")),
-                                             ("role", self.role("acl", role))))
+        project, default_rule = decision.project, decision.default_rule
+        self.incr("acl." + result, self._cached_labels(
+            ("acl", role, project, default_rule),
+            lambda: (("def_rule", "true" if default_rule else "false"), ("project", sanitise(project or "")),
+                     ("role", self.role("acl", role)))))
 
     def connection_closed(self, role, project, duration, bytes_in, bytes_out, active_at_termination):
-        labels = (("project", sanitise(project or "")), ("role", self.role("cn", role)))
+        labels = self._cached_labels(("cn", role, project),
+                                     lambda: (("project", sanitise(project or "")), ("role", self.role("cn", role))))
         self.incr("cn.close", labels)
         if active_at_termination:
             self.incr("cn.active_at_termination", labels)

@@ -155,6 +155,24 @@ def test_request_bodies_by_length_and_chunked(start_proxy, http_origin):
     assert http_origin.requests[1]["body"] == b"hello world"
 
 
+def test_expect_100_continue_is_answered_before_the_body(start_proxy, http_origin):
+    """As a client that waits for 100 Continue does (curl, .NET): head first, body only after."""
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=5) as sock:
+        sock.sendall(f"POST http://{ORIGIN}/echo HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n"
+                     "Content-Length: 5\r\n\r\n".encode())
+        interim, rest = read_head(sock)  # within the socket timeout: no waiting for the client's own
+        assert (interim.status, rest) == (100, b"")
+        sock.sendall(b"hello")
+        head, body = read_response(sock)
+        assert (head.status, body) == (200, b"hello")
+        denied = request("http://private.test/", method="POST", headers=b"Expect: 100-continue\r\n", body=b"x")
+        sock.sendall(denied[:-1])  # a denied request gets its final answer, never a 100
+        assert read_head(sock)[0].status == 407
+    seen = dict((name.lower(), value) for name, value in http_origin.requests[0]["headers"])
+    assert "expect" not in seen  # answered here; the origin gets the body at once
+
+
 def test_close_delimited_response_closes_the_client_connection(start_proxy, http_origin):
     proxy = start_proxy()
     with socket.create_connection(proxy.address, timeout=10) as sock:
