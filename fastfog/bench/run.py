@@ -372,6 +372,11 @@ def main(args):
     print("load generator CPU seconds: " + ", ".join(
         f"{result['workload']}/{result['target']} {result['load_cpu_seconds']:.1f}" for result in results),
         file=sys.stderr)
+    per_op = [result for result in results if result.get("proxy_cpu_us_per_op")]
+    if per_op:
+        print("proxy CPU per tunnel or request: " + ", ".join(
+            f"{result['workload']}/{result['target']} {result['proxy_cpu_us_per_op']:.0f} us" for result in per_op),
+            file=sys.stderr)
     for workload in ("connect", "http"):
         direct = next((r for r in results if r["workload"] == workload and r["target"] == "direct"), None)
         best = max((r["value"] for r in results if r["workload"] == workload and r["target"] != "direct"),

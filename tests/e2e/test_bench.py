@@ -35,6 +35,8 @@ def test_a_short_run_of_every_workload(tmp_path):
     assert [line.split()[0] for line in table[2:]] == ["connect", "http", "bulk", "fixed-rate", "idle", "dns"]
     assert "x)" in table[2]  # the ratio to direct
     assert "load generator CPU seconds: connect/direct " in result.stderr
+    assert seen[("connect", "fastfog")]["proxy_cpu_us_per_op"] > 0
+    assert "proxy CPU per tunnel or request: connect/fastfog " in result.stderr
 
 
 def test_another_proxy_by_address_and_errors_set_the_exit_code(tmp_path):
