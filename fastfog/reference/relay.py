@@ -5,25 +5,35 @@ direction starts by copying: one recv, sent on at once, through user space.
 Once a direction has moved COPY_LIMIT bytes it is bulk: it takes a
 non-blocking pipe of its own and from then on bytes go socket → pipe → socket
 inside the kernel, never entering user space. Small tunnels never pay for the
-pipes; large ones pay once. Each direction is driven by the event loop's
-reader and writer callbacks on the raw sockets:
+pipes; large ones pay once.
 
-- readable source: copy it (or splice it into the pipe, then the pipe) into the destination;
-- destination full (EAGAIN with bytes left in the pipe): stop reading the source
-  and wait for the destination to become writable; the pipe's capacity bounds
-  what one direction can hold, however slow its receiver;
-- end of stream from a source: once its pipe is drained, shut the destination
-  down for writing (a half-close travels through; the other direction keeps
-  flowing); when both directions have ended, everything is closed;
+Both sockets are added once, edge-triggered, to an epoll set of fastfog's own
+(``EdgePoller``), which the event loop watches as one file descriptor: the
+loop's own add_reader/remove_reader would cost a poll handle per socket each
+time (an ioctl and several epoll_ctl calls over its life, several times per
+tunnel). An edge says a socket became readable or writable; each direction
+remembers it and moves bytes until a system call says EAGAIN:
+
+- source readable: copy it (or splice it into the pipe, then the pipe) into the destination;
+- destination full (EAGAIN with bytes left): stop reading the source until the
+  destination's next writable edge; the pipe's capacity bounds what one
+  direction can hold, however slow its receiver;
+- end of stream from a source: once its bytes are delivered, shut the
+  destination down for writing (a half-close travels through; the other
+  direction keeps flowing); when both directions have ended, everything is closed;
 - an error on either socket (reset, broken pipe) closes both at once.
 
-The relay counts bytes each way and remembers when it last moved any, for the
-close record and idle checks. ``first_bytes`` (what the client sent after its
-request head, in the same read) goes to the upstream before anything else.
+A direction that has moved BUDGET bytes in one go yields to other connections
+and goes on in a later loop iteration (an edge does not come again for bytes
+that are already there). The relay counts bytes each way and remembers when
+it last saw activity, for the close record and idle checks. ``first_bytes``
+(what the client sent after its request head, in the same read) goes to the
+upstream before anything else.
 """
 
 import fcntl
 import os
+import select
 import socket
 import struct
 import time
@@ -37,6 +47,46 @@ _BUDGET = 16 << 20  # bytes moved per callback before yielding to other connecti
 COPY_LIMIT = 64 << 10  # bytes a direction copies before it switches to splice
 COPY_CHUNK = 64 << 10
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+POLLER_BATCH = 128
+
+
+class EdgePoller:
+    """Edge-triggered readiness for many sockets through one registration with ``loop``.
+
+    ``add(fd, owner)`` calls ``owner.on_events(fd, mask)`` for each edge from then on;
+    ``forget(fd)`` just before the socket is closed (closing takes it out of the set).
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+        self._epoll = select.epoll()
+        self._owners = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def add(self, fd, owner):
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
+        self._owners[fd] = owner
+
+    def forget(self, fd):
+        self._owners.pop(fd, None)
+
+    def _dispatch(self):
+        for fd, mask in self._epoll.poll(0, POLLER_BATCH):
+            owner = self._owners.get(fd)
+            if owner is not None:
+                owner.on_events(fd, mask)
+
+
+_current = [None, None]  # the loop last asked for and its poller (a proxy has one loop)
+
+
+def poller_for(loop):
+    """The EdgePoller of ``loop``, made on first use."""
+    if _current[0] is not loop:
+        _current[:] = [loop, EdgePoller(loop)]
+    return _current[1]
 
 
 def _grow_pipe(write_end):
@@ -51,7 +101,7 @@ class _Direction:
     """One way through the tunnel: src socket → (user space, later a pipe) → dst socket."""
 
     __slots__ = ("relay", "src", "dst", "pipe_r", "pipe_w", "in_pipe", "pending", "eof", "done",
-                 "reading", "writing", "moved", "grown")
+                 "src_ready", "dst_ready", "scheduled", "moved", "grown")
 
     def __init__(self, relay, src, dst, pending):
         self.relay = relay
@@ -62,12 +112,13 @@ class _Direction:
         self.pending = pending  # user-space bytes to send before the pipe (first_bytes)
         self.eof = False
         self.done = False
-        self.reading = False
-        self.writing = False
+        self.src_ready = False  # an edge said src has bytes (or its end) and no read said EAGAIN since
+        self.dst_ready = True  # a fresh connection takes bytes; EAGAIN says otherwise
+        self.scheduled = False  # a pump is due in a later loop iteration (the budget ran out)
         self.moved = 0
 
     def drain(self):
-        """Move what waits (pending bytes, then the pipe) into dst. False when dst is full."""
+        """Move what waits (pending bytes, then the pipe) into dst; BlockingIOError when it is full."""
         while self.pending:
             sent = self.dst.send(self.pending)
             self.moved += sent
@@ -76,35 +127,49 @@ class _Direction:
             moved = os.splice(self.pipe_r, self.dst.fileno(), self.in_pipe, flags=SPLICE_FLAGS)
             self.in_pipe -= moved
             self.moved += moved
-        return True
 
-    def on_readable(self):
+    def pump(self):
+        """Move bytes until src has none, dst takes none, or the budget is spent."""
         relay = self.relay
-        budget = _BUDGET
+        budget = relay.budget
         try:
-            while budget > 0:
+            while not relay.closed:
+                if self.pending or self.in_pipe:
+                    if not self.dst_ready:
+                        return
+                    try:
+                        self.drain()
+                    except BlockingIOError:
+                        self.dst_ready = False
+                        return
+                if self.eof:
+                    self._maybe_finish()
+                    return
+                if not self.src_ready:
+                    return
+                if budget <= 0:
+                    if not self.scheduled:
+                        self.scheduled = True
+                        relay._loop.call_soon(self._resume)
+                    return
                 try:
                     received = self._copy() if self.pipe_r is None and self.moved < relay.copy_limit else self._splice()
                 except BlockingIOError:
-                    break
+                    self.src_ready = False
+                    return
                 if received == 0:
                     self.eof = True
-                    relay._stop_reading(self)
-                    break
+                    continue
                 budget -= received
                 if not self.grown and self.pipe_w is not None and self.moved >= BULK:
                     self.grown = True
                     _grow_pipe(self.pipe_w)
-                try:
-                    self.drain()
-                except BlockingIOError:
-                    relay._stop_reading(self)
-                    relay._start_writing(self)
-                    break
-            relay.last_activity = time.monotonic()
-            self._maybe_finish()
         except OSError as err:
             relay._abort(err)
+
+    def _resume(self):
+        self.scheduled = False
+        self.pump()
 
     def _copy(self):
         data = self.src.recv(COPY_CHUNK)
@@ -117,21 +182,6 @@ class _Direction:
         received = os.splice(self.src.fileno(), self.pipe_w, CHUNK, flags=SPLICE_FLAGS)
         self.in_pipe += received
         return received
-
-    def on_writable(self):
-        relay = self.relay
-        try:
-            try:
-                self.drain()
-            except BlockingIOError:
-                return
-            relay._stop_writing(self)
-            relay.last_activity = time.monotonic()
-            if not self.eof:
-                relay._start_reading(self)
-            self._maybe_finish()
-        except OSError as err:
-            relay._abort(err)
 
     def _maybe_finish(self):
         if self.eof and not self.in_pipe and not self.pending and not self.done:
@@ -158,13 +208,16 @@ class SpliceRelay:
     """
 
     copy_limit = COPY_LIMIT
+    budget = _BUDGET  # bytes a direction moves before it lets other connections run
 
     def __init__(self, loop, client, upstream, on_close, first_bytes=b""):
         self._loop = loop
         self.client, self.upstream = client, upstream
+        self._client_fd = client.fileno()
         self._on_close = on_close
         self._outbound = _Direction(self, client, upstream, bytes(first_bytes))
         self._inbound = _Direction(self, upstream, client, b"")
+        self._poller = None
         self.error = None
         self.closed = False
         self.last_activity = time.monotonic()
@@ -179,17 +232,14 @@ class SpliceRelay:
 
     def start(self):
         """Begin relaying; first_bytes are sent to the upstream before the client is read."""
-        if self._outbound.pending:
-            try:
-                self._outbound.drain()
-            except BlockingIOError:
-                self._start_writing(self._outbound)
-            except OSError as err:
-                self._abort(err)
-                return
-        if not self._outbound.writing:
-            self._start_reading(self._outbound)
-        self._start_reading(self._inbound)
+        self._poller = poller_for(self._loop)
+        try:
+            self._poller.add(self._client_fd, self)
+            self._poller.add(self.upstream.fileno(), self)
+        except OSError as err:
+            self._abort(err)
+            return
+        self._outbound.pump()  # first_bytes; the sockets' first edges come with the next events
 
     def close(self, reason=None):
         """Close both sockets now (shutdown, idle timeout); ``reason`` becomes ``error``."""
@@ -198,27 +248,19 @@ class SpliceRelay:
                 self.error = reason
             self._close_all()
 
-    # --- loop registration: one reader and one writer callback per socket at most ---
-
-    def _start_reading(self, direction):
-        if not direction.reading and not self.closed:
-            direction.reading = True
-            self._loop.add_reader(direction.src.fileno(), direction.on_readable)
-
-    def _stop_reading(self, direction):
-        if direction.reading:
-            direction.reading = False
-            self._loop.remove_reader(direction.src.fileno())
-
-    def _start_writing(self, direction):
-        if not direction.writing and not self.closed:
-            direction.writing = True
-            self._loop.add_writer(direction.dst.fileno(), direction.on_writable)
-
-    def _stop_writing(self, direction):
-        if direction.writing:
-            direction.writing = False
-            self._loop.remove_writer(direction.dst.fileno())
+    def on_events(self, fd, mask):
+        """An edge on one of the two sockets (see EdgePoller)."""
+        if self.closed:
+            return
+        self.last_activity = time.monotonic()
+        reading, writing = (self._outbound, self._inbound) if fd == self._client_fd else (self._inbound,
+                                                                                          self._outbound)
+        if mask & _READ_EVENTS:
+            reading.src_ready = True
+            reading.pump()
+        if mask & _WRITE_EVENTS and not self.closed:
+            writing.dst_ready = True
+            writing.pump()
 
     def _direction_done(self):
         if self._outbound.done and self._inbound.done:
@@ -238,9 +280,10 @@ class SpliceRelay:
         if self.closed:
             return
         self.closed = True
+        for sock in (self.client, self.upstream):
+            if self._poller is not None:
+                self._poller.forget(sock.fileno())
         for direction in (self._outbound, self._inbound):
-            self._stop_reading(direction)
-            self._stop_writing(direction)
             direction.close_pipe()
         for sock in (self.client, self.upstream):
             sock.close()

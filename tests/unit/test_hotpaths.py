@@ -79,6 +79,7 @@ def stub_api():
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             members = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            members |= {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
             for base in node.bases:
                 members |= api.get(getattr(base, "id", None), set())
             api[node.name] = members

@@ -205,6 +205,25 @@ def test_bulk_both_ways_intact(impl):
     run(scenario())
 
 
+def test_a_direction_that_spends_its_budget_goes_on_without_a_new_edge(impl):
+    """Edges say "new bytes"; bytes left unread when the budget runs out must still move."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        tunnel.relay.budget = 16 << 10
+        tunnel.relay.start()
+        data = os.urandom(1 << 20)
+        await loop.sock_sendall(tunnel.client, data)  # all buffered by now, then nothing more
+        tunnel.client.shutdown(socket.SHUT_WR)
+        received, end = await tunnel.read_all(tunnel.origin)
+        assert (len(received), end) == (len(data), "eof") and received == data
+        tunnel.origin.shutdown(socket.SHUT_WR)
+        relay = await tunnel.closed
+        assert relay.bytes_out == len(data)
+        tunnel.close()
+    run(scenario())
+
+
 chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
 
 
