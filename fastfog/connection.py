@@ -579,13 +579,19 @@ class Opening:
             timeout = proxy.config.connect_timeout
             if timeout:
                 self._timer = proxy.loop.call_later(timeout, self._dial_timed_out)
-            proxy.loop.add_writer(upstream.fileno(), self._dialed)
+            # The connect's end is one edge (writable, or an error) on the relays' own epoll
+            # set: cheaper than a loop registration made and torn down for one event.
+            proxy.poller.add(upstream.fileno(), self)
         else:
             self._dial_ended(error)
 
+    def on_events(self, fd, mask):
+        """The edge that ends the connect (see hotpaths.poller_for)."""
+        self._dialed()
+
     @guarded
     def _dialed(self):
-        self.proxy.loop.remove_writer(self.upstream.fileno())
+        self.proxy.poller.remove(self.upstream.fileno())  # whoever uses the socket next registers it
         if self._timer is not None:
             self._timer.cancel()
         self._dial_ended(self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
@@ -620,7 +626,7 @@ class Opening:
     @guarded
     def _dial_timed_out(self):
         proxy = self.proxy
-        proxy.loop.remove_writer(self.upstream.fileno())
+        proxy.poller.forget(self.upstream.fileno())
         self.upstream.close()
         self._count_dial(errno.ETIMEDOUT)
         message = f"Timed out connecting to remote host: dial tcp {peer_text((self.address, self.port))}: i/o timeout"
@@ -640,6 +646,8 @@ class Opening:
 
     def _unexpected(self, err):
         if self.upstream is not None:
+            if self.upstream.fileno() >= 0:
+                self.proxy.poller.forget(self.upstream.fileno())
             self.upstream.close()
         message = f"{type(err).__name__}: {err}"
         decision = self.decision or Decision(False, "unexpected error")

@@ -42,6 +42,7 @@ rfc3339 = _implementation.rfc3339
 json_line = _implementation.json_line
 parse_request_head = _implementation.parse_request_head
 parse_response_head = _implementation.parse_response_head
+poller_for = _implementation.poller_for
 rewrite_head = _implementation.rewrite_head
 
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
@@ -49,7 +50,7 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 __all__ = [
     "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
     "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni",
-    "json_line", "parse_request_head", "parse_response_head", "rewrite_head", "rfc3339",
+    "json_line", "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]
 
 

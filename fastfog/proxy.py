@@ -32,7 +32,7 @@ from fastfog.connection import (
     peer_text,
 )
 from fastfog.exchange import Exchange
-from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head
+from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head, poller_for
 from fastfog.limits import Limits
 from fastfog.metrics import Metrics
 from fastfog.pool import UpstreamPool
@@ -156,6 +156,7 @@ class Proxy:
         self.exchanges = set()  # forwarded requests in flight (exchange.Exchange)
         self.serving = True
         self.loop = asyncio.get_running_loop()
+        self.poller = poller_for(self.loop)  # edges for dials and splice relays (see hot/relay.pxi)
         self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
                                  config.idle_timeout)
         self.limits = Limits(config)

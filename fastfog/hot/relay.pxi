@@ -39,6 +39,7 @@ cdef extern from "<sys/epoll.h>":
     enum:
         EPOLL_CLOEXEC
         EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
         EPOLLIN
         EPOLLOUT
         EPOLLRDHUP
@@ -83,7 +84,7 @@ cdef inline double _monotonic() noexcept nogil:
 
 cdef class EdgePoller:
     """Edge-triggered readiness for many sockets through one registration with the loop
-    (same API as fastfog.reference.relay.EdgePoller)."""
+    (same API as fastfog.reference.relay.EdgePoller, which documents it)."""
     cdef int epfd
     cdef readonly object loop
     cdef dict owners
@@ -106,16 +107,29 @@ cdef class EdgePoller:
             raise OSError(errno, strerror(errno).decode())
         self.owners[fd] = owner
 
+    cpdef remove(self, int fd):
+        cdef epoll_event event
+        if self.owners.pop(fd, None) is not None:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &event)
+
     cpdef forget(self, int fd):
         self.owners.pop(fd, None)
 
     def dispatch(self):
         cdef int count = epoll_wait(self.epfd, self.events, POLLER_BATCH, 0)
-        cdef int index
+        cdef int index, fd
         for index in range(count):
-            owner = self.owners.get(self.events[index].data.fd)
-            if owner is not None:
-                (<SpliceRelay>owner).on_events(self.events[index].data.fd, self.events[index].events)
+            fd = self.events[index].data.fd
+            owner = self.owners.get(fd)
+            if owner is None:
+                continue
+            if type(owner) is SpliceRelay:
+                (<SpliceRelay>owner).on_events(fd, self.events[index].events)
+                continue
+            try:
+                owner.on_events(fd, self.events[index].events)
+            except Exception as err:  # a bug in one owner: the rest of the batch still runs
+                self.loop.call_exception_handler({"message": "error in an edge handler", "exception": err})
 
     def __dealloc__(self):
         if self.epfd >= 0:

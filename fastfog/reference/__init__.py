@@ -6,8 +6,8 @@ selects these.
 
 from fastfog.errors import HeadError
 from fastfog.reference.buffered import BufferedRelay
-from fastfog.reference.clienthello import client_hello_sni
 from fastfog.reference.cidr import CidrTable
+from fastfog.reference.clienthello import client_hello_sni
 from fastfog.reference.forwardhead import rewrite_head
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.httphead import (
@@ -19,10 +19,10 @@ from fastfog.reference.httphead import (
     parse_response_head,
 )
 from fastfog.reference.record import IdSource, json_line, rfc3339
-from fastfog.reference.relay import SpliceRelay
+from fastfog.reference.relay import EdgePoller, SpliceRelay, poller_for
 
 __all__ = [
-    "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
+    "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
     "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni", "json_line",
-    "parse_request_head", "parse_response_head", "rewrite_head", "rfc3339",
+    "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]

@@ -56,7 +56,9 @@ class EdgePoller:
     """Edge-triggered readiness for many sockets through one registration with ``loop``.
 
     ``add(fd, owner)`` calls ``owner.on_events(fd, mask)`` for each edge from then on;
-    ``forget(fd)`` just before the socket is closed (closing takes it out of the set).
+    ``remove(fd)`` stops that for a socket that stays open (it goes to other hands), and
+    ``forget(fd)`` for one about to be closed (closing takes it out of the set). An error in
+    one owner is reported to the loop's exception handler; the others still get their edges.
     """
 
     def __init__(self, loop):
@@ -69,6 +71,10 @@ class EdgePoller:
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
         self._owners[fd] = owner
 
+    def remove(self, fd):
+        if self._owners.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
     def forget(self, fd):
         self._owners.pop(fd, None)
 
@@ -76,7 +82,10 @@ class EdgePoller:
         for fd, mask in self._epoll.poll(0, POLLER_BATCH):
             owner = self._owners.get(fd)
             if owner is not None:
-                owner.on_events(fd, mask)
+                try:
+                    owner.on_events(fd, mask)
+                except Exception as err:  # a bug in one owner: the rest of the batch still runs
+                    self.loop.call_exception_handler({"message": "error in an edge handler", "exception": err})
 
 
 _current = [None, None]  # the loop last asked for and its poller (a proxy has one loop)

@@ -92,7 +92,7 @@ def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
-                        "rfc3339", "client_hello_sni", "rewrite_head"}
+                        "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "poller_for"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -103,6 +103,7 @@ def test_type_stubs_describe_both_implementations(impl):
         "SpliceRelay": impl.SpliceRelay(loop, client, upstream, lambda relay: None),
         "BufferedRelay": impl.BufferedRelay(loop, lambda relay: None),
         "IdSource": impl.IdSource(),
+        "EdgePoller": impl.poller_for(loop),
     }
     samples["SpliceRelay"].close()
     loop.close()
