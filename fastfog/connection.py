@@ -569,8 +569,9 @@ class Opening:
             self.upstream, self.dial_started = pooled[0], time.monotonic()
             self._dial_ended(0, pooled[1])
             return
-        upstream = _socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM)
-        upstream.setblocking(False)
+        # Non-blocking from its creation: no separate ioctl to make it so.
+        upstream = _socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET,
+                                  socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = upstream
         self.dial_started = time.monotonic()
