@@ -48,8 +48,8 @@ async def read_message(reader):
 
 
 async def answer_supervisor(role, answers, on_lost):
-    """Worker side: answer each request ``{"op": name}`` with ``answers[name]()``; ``on_lost()``
-    when the supervisor closes the channel."""
+    """Worker side: answer each request ``{"op": name, "id": n}`` with ``answers[name]()`` (and
+    its ``id``); ``on_lost()`` when the supervisor closes the channel."""
     control = socket.socket(fileno=role.control_fd)
     reader, writer = await asyncio.open_unix_connection(sock=control)
     try:
@@ -62,8 +62,9 @@ async def answer_supervisor(role, answers, on_lost):
                 reply = {"ok": True, "value": handler()} if handler else {"ok": False, "error": "unknown request"}
             except Exception as err:  # a bug in one answer must not end the channel
                 reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+            reply["id"] = request.get("id")
             await send_message(writer, reply)
-    except (OSError, asyncio.CancelledError):
+    except OSError:
         pass
     finally:
         writer.close()

@@ -45,10 +45,13 @@ class Worker:
         self.process = None
         self.reader = self.writer = None
         self.lock = asyncio.Lock()  # one request at a time on the channel
+        self.asked = 0  # requests numbered, so that a late answer is never taken for the next one
         self.starts = 0
         self.started_at = 0.0
 
     async def start(self, command, port):
+        if self.writer is not None:  # the channel of the worker this one replaces
+            self.writer.close()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         environment = {**os.environ, ENVIRONMENT: f"{self.index}:{port}:{child.fileno()}"}
         try:
@@ -62,12 +65,19 @@ class Worker:
     async def ask(self, op):
         """The worker's answer to ``op``: {"ok": True, "value": ...} or {"ok": False, "error": ...}."""
         async with self.lock:
+            self.asked += 1
             try:
-                await send_message(self.writer, {"op": op})
-                reply = await asyncio.wait_for(read_message(self.reader), ASK_TIMEOUT)
+                await send_message(self.writer, {"op": op, "id": self.asked})
+                reply = await asyncio.wait_for(self._answer(self.asked), ASK_TIMEOUT)
             except (OSError, asyncio.TimeoutError) as err:
-                return {"ok": False, "error": f"worker {self.index} did not answer: {err or 'timeout'}"}
+                return {"ok": False, "error": f"worker {self.index} did not answer: {str(err) or 'timeout'}"}
         return reply if reply is not None else {"ok": False, "error": f"worker {self.index} is gone"}
+
+    async def _answer(self, number):
+        while True:
+            reply = await read_message(self.reader)
+            if reply is None or reply.get("id") == number:
+                return reply
 
     def signal(self, signum):
         if self.process is not None and self.process.returncode is None:
