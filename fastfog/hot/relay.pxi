@@ -57,6 +57,7 @@ cdef extern from "<sys/socket.h>":
 
 import socket as _socket
 import struct as _struct
+import weakref as _weakref
 
 cdef enum:
     SPLICE_CHUNK = 1 << 20
@@ -86,7 +87,7 @@ cdef class EdgePoller:
     """Edge-triggered readiness for many sockets through one registration with the loop
     (same API as fastfog.reference.relay.EdgePoller, which documents it)."""
     cdef int epfd
-    cdef readonly object loop
+    cdef object loop_ref  # the loop holds us (our reader); we must not hold it
     cdef dict owners
     cdef epoll_event events[POLLER_BATCH]
 
@@ -94,9 +95,13 @@ cdef class EdgePoller:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, strerror(errno).decode())
-        self.loop = loop
+        self.loop_ref = _weakref.ref(loop)
         self.owners = {}
         loop.add_reader(self.epfd, self.dispatch)
+
+    @property
+    def loop(self):
+        return self.loop_ref()
 
     cpdef add(self, int fd, object owner):
         cdef epoll_event event
@@ -129,24 +134,28 @@ cdef class EdgePoller:
             try:
                 owner.on_events(fd, self.events[index].events)
             except Exception as err:  # a bug in one owner: the rest of the batch still runs
-                self.loop.call_exception_handler({"message": "error in an edge handler", "exception": err})
+                self.loop_ref().call_exception_handler({"message": "error in an edge handler", "exception": err})
 
     def __dealloc__(self):
         if self.epfd >= 0:
             close(self.epfd)
 
 
-cdef object _current_loop = None
-cdef EdgePoller _current_poller = None
+_pollers = _weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop
+cdef tuple _last = (None, None)  # the loop last asked for and its poller, as one value (threads may race)
 
 
 cpdef EdgePoller poller_for(loop):
-    """The EdgePoller of ``loop``, made on first use (a proxy has one loop)."""
-    global _current_loop, _current_poller
-    if _current_loop is not loop:
-        _current_poller = EdgePoller(loop)
-        _current_loop = loop
-    return _current_poller
+    """The EdgePoller of ``loop``, made on first use."""
+    global _last
+    cdef tuple last = _last
+    if last[0] is loop:
+        return <EdgePoller>last[1]
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = EdgePoller(loop)
+    _last = (loop, poller)
+    return <EdgePoller>poller
 
 
 cdef class _SpliceDirection:

@@ -37,6 +37,7 @@ import select
 import socket
 import struct
 import time
+import weakref
 
 SPLICE_FLAGS = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
 CHUNK = 1 << 20
@@ -62,10 +63,14 @@ class EdgePoller:
     """
 
     def __init__(self, loop):
-        self.loop = loop
+        self._loop = weakref.ref(loop)  # the loop holds us (our reader); we must not hold it
         self._epoll = select.epoll()
         self._owners = {}
         loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    @property
+    def loop(self):
+        return self._loop()
 
     def add(self, fd, owner):
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
@@ -88,22 +93,33 @@ class EdgePoller:
                     self.loop.call_exception_handler({"message": "error in an edge handler", "exception": err})
 
 
-_current = [None, None]  # the loop last asked for and its poller (a proxy has one loop)
-
-
-def poller_for(loop):
-    """The EdgePoller of ``loop``, made on first use."""
-    if _current[0] is not loop:
-        _current[:] = [loop, EdgePoller(loop)]
-    return _current[1]
-
-
 def _grow_pipe(write_end):
     """A larger pipe moves bulk data in fewer system calls; small tunnels keep the default 64 KiB."""
     try:
         fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # over /proc/sys/fs/pipe-max-size for this user: the default size works too
+
+
+_pollers = weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop
+_last = (None, None)  # the loop last asked for and its poller, as one value (threads may race here)
+
+
+def poller_for(loop):
+    """The EdgePoller of ``loop``, made on first use."""
+    last = _last
+    if last[0] is loop:
+        return last[1]
+    return _remember(loop)
+
+
+def _remember(loop):
+    global _last
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = EdgePoller(loop)
+    _last = (loop, poller)
+    return poller
 
 
 class _Direction:

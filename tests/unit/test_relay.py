@@ -43,7 +43,16 @@ class Tunnel:
 
 
 def run(coroutine):
-    return uvloop.run(asyncio.wait_for(coroutine, 20))
+    """Run a scenario; an error the relay reported to the loop (and survived) fails it too."""
+    reported = []
+
+    async def watched():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        return await asyncio.wait_for(coroutine, 20)
+
+    result = uvloop.run(watched())
+    assert reported == []
+    return result
 
 
 def test_both_directions_counts_and_first_bytes(impl):
