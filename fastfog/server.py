@@ -171,7 +171,8 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
         if not stopping.done():
             stopping.set_result(signum)
 
-    if stop is None:
+    if stop is None:  # the process is ours: so are its signals and its loop's error reports
+        loop.set_exception_handler(unexpected_error_reporter(log))
         for signum in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
@@ -227,6 +228,16 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             await proxy.webhooks.drain(WEBHOOK_DRAIN_SECONDS)
             proxy.webhooks.close()
         log.flush()
+
+
+def unexpected_error_reporter(log):
+    """A loop exception handler: what a callback let escape (a bug) becomes one record in the log,
+    in its format, instead of a traceback in another."""
+    def report(loop, context):
+        error = context.get("exception")
+        log.error("unexpected error", {"error": f"{type(error).__name__}: {error}" if error is not None
+                                       else context.get("message", "")})
+    return report
 
 
 async def _close_idle_tunnels(proxy, idle_timeout):
