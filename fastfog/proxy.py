@@ -182,9 +182,8 @@ class Proxy:
     # --- accepting and dispatching ------------------------------------------------------------
 
     def accept(self, sock, address):
-        """Take a freshly accepted client socket."""
+        """Take a freshly accepted client socket (TCP_NODELAY comes from the listener)."""
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.support_proxy_protocol:
             ProxyHeader(self, sock, address, self._accepted).start()
         else:

@@ -53,10 +53,7 @@ def open_listener(ip, port, reuse_port=False, listen=True):
         address = (ip, port)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Clients speak first (a request head, a PROXY header or a ClientHello): a connection is
-        # handed to accept() once its first bytes are in, so the first read never has to wait.
-        if hasattr(socket, "TCP_DEFER_ACCEPT"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        _tune_listener(sock)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
@@ -69,6 +66,16 @@ def open_listener(ip, port, reuse_port=False, listen=True):
     return sock
 
 
+def _tune_listener(sock):
+    """Options every accepted connection inherits (one system call here, none per connection):
+    TCP_NODELAY, since answers are small and must not wait for an ACK; and TCP_DEFER_ACCEPT,
+    since clients speak first (a request head, a PROXY header or a ClientHello), so accept()
+    hands a connection over once its first bytes are in and the first read never waits."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+
+
 def einhorn_listener():
     """Under Einhorn (its master our parent), the listener it opened for us: ``EINHORN_FD_0``."""
     fd, master = os.environ.get("EINHORN_FD_0"), os.environ.get("EINHORN_MASTER_PID")
@@ -76,6 +83,7 @@ def einhorn_listener():
         return None
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(False)
+    _tune_listener(sock)
     return sock
 
 

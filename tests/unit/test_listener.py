@@ -10,7 +10,8 @@ from fastfog.server import open_listener, unexpected_error_reporter
 
 
 def test_a_connection_is_handed_over_once_its_first_bytes_are_in():
-    """TCP_DEFER_ACCEPT: accept() never returns a connection whose first read would have to wait."""
+    """TCP_DEFER_ACCEPT: accept() never returns a connection whose first read would have to wait;
+    TCP_NODELAY: set once on the listener, every accepted connection has it."""
     with open_listener("127.0.0.1", 0) as listener, \
             socket.create_connection(listener.getsockname(), timeout=5) as client:
         assert not select.select([listener], [], [], 0.3)[0]  # connected, but silent so far
@@ -20,6 +21,8 @@ def test_a_connection_is_handed_over_once_its_first_bytes_are_in():
         with accepted:
             accepted.setblocking(False)
             assert accepted.recv(100) == b"CONNECT "
+            # Inherited from the listener: small answers never wait for the client's ACK.
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_an_error_a_callback_lets_escape_becomes_one_log_record():
