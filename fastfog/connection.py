@@ -31,6 +31,7 @@ from fastfog.acl import (
 )
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
+from fastfog.forward import header_value
 from fastfog.hotpaths import HeadError, parse_request_head
 from fastfog.tls import subject_fields
 from fastfog.webhooks import REJECTED as REJECTED_BY_WEBHOOK
@@ -46,14 +47,6 @@ def peer_text(address):
     """Go's form of a socket address: ``ip:port``, ``[v6]:port``."""
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def header_value(headers, lowercase_name):
-    """The first header called ``lowercase_name`` (any case), as str, or None."""
-    for name, value in headers:
-        if len(name) == len(lowercase_name) and name.lower() == lowercase_name:
-            return value.decode("latin-1")
-    return None
 
 
 class Upstream:
@@ -274,22 +267,46 @@ class ClientStep:
         self.proxy.connections.discard(self)
 
 
-class ProxyHeader(ClientStep):
+class PreludeStep(ClientStep):
+    """What comes before a client's first request (a PROXY header, the TLS handshake): bounded by
+    read_header_timeout (60s when that is off); a failure is logged with the client's address
+    (``FAILURE`` names the record, ``TIMEOUT`` the error) and closes only this connection."""
+
+    __slots__ = ("address",)
+
+    FAILURE = TIMEOUT = ""
+
+    def start(self):
+        """Begin: each subclass's ``_step`` reads on from wherever it stopped."""
+        self._start(self.proxy.config.read_header_timeout or 60.0, self._timed_out, self._step)
+
+    def _timed_out(self):
+        self._timer = None
+        self._fail(self.TIMEOUT)
+
+    def _fail(self, error):
+        self.proxy.log.warning(self.FAILURE, {"inbound_remote_addr": peer_text(self.address), "error": error})
+        self.close()
+
+    def close(self):
+        self._stop()
+        self.sock.close()
+
+
+class ProxyHeader(PreludeStep):
     """``--proxy-protocol``: read a PROXY v1/v2 header (see proxyproto.py) with MSG_PEEK, take
     exactly its bytes, then go on with the client address it carries; bounded by
     read_header_timeout. A malformed header is logged and closes only this connection."""
 
-    __slots__ = ("address", "_then")
+    __slots__ = ("_then",)
 
+    FAILURE, TIMEOUT = "bad PROXY protocol header", "PROXY protocol header did not arrive in time"
     PEEK = 536  # a v2 header with both IPv6 addresses and a few TLVs; longer ones are peeked again
 
     def __init__(self, proxy, sock, address, then):
         """``then(sock, address)`` continues with the client's address."""
         super().__init__(proxy, sock)
         self.address, self._then = address, then
-
-    def start(self):
-        self._start(self.proxy.config.read_header_timeout or 60.0, self._timed_out, self._step)
 
     def _step(self):
         size = self.PEEK
@@ -325,34 +342,21 @@ class ProxyHeader(ClientStep):
         self._stop()
         self._then(self.sock, carried or self.address)
 
-    def _timed_out(self):
-        self._timer = None
-        self._fail("PROXY protocol header did not arrive in time")
-
-    def _fail(self, error):
-        self.proxy.log.warning("bad PROXY protocol header", {"inbound_remote_addr": peer_text(self.address),
-                                                             "error": error})
-        self.close()
-
-    def close(self):
-        self._stop()
-        self.sock.close()
 
 
-class Handshake(ClientStep):
+class Handshake(PreludeStep):
     """A TLS client's handshake (with the proxy's current ServerTLS), driven by loop callbacks and
     bounded by read_header_timeout (60s when that is off); then the revocation check, then its
     ClientConnection. A failure is logged with the client's address and closes only this one."""
 
-    __slots__ = ("address",)
+    __slots__ = ()
+
+    FAILURE, TIMEOUT = "TLS handshake error", "handshake did not finish in time"
 
     def __init__(self, proxy, sock, address):
         super().__init__(proxy, proxy.tls.context.wrap_socket(sock, server_side=True,
                                                               do_handshake_on_connect=False))
         self.address = address
-
-    def start(self):
-        self._start(self.proxy.config.read_header_timeout or 60.0, self._timed_out, self._step)
 
     def _step(self):
         try:
@@ -384,19 +388,6 @@ class Handshake(ClientStep):
                 return
             peer_certificate = sock.getpeercert()
         ClientConnection(proxy, sock, self.address, peer_certificate).read_head()
-
-    def _timed_out(self):
-        self._timer = None
-        self._fail("handshake did not finish in time")
-
-    def _fail(self, error):
-        self.proxy.log.warning("TLS handshake error", {"inbound_remote_addr": peer_text(self.address),
-                                                       "error": error})
-        self.close()
-
-    def close(self):
-        self._stop()
-        self.sock.close()
 
 
 class Opening:

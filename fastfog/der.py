@@ -109,6 +109,18 @@ def _signed_body(der, what, version_tag):
     return fields
 
 
+def _name(der, field, what):
+    """A Name's DER content (the bytes issuer and subject are compared by)."""
+    _, start, end = _expect(field, SEQUENCE, what)
+    return bytes(der[start:end])
+
+
+def _explicit_extensions(der, start, end, what):
+    """{oid: value} of an explicitly tagged Extensions sequence whose tag's content is der[start:end]."""
+    _, inner_start, inner_end = _expect(read(der[:end], start), SEQUENCE, what)
+    return _extensions(der, inner_start, inner_end)
+
+
 class Certificate:
     """What revocation needs of an X.509 certificate: serial, issuer (DER), key ids, subject (DER)."""
 
@@ -120,15 +132,12 @@ class Certificate:
         if len(fields) < 6:
             raise ValueError("certificate body too short")
         self.serial = _integer(der, fields[0])
-        issuer = _expect(fields[2], SEQUENCE, "issuer")
-        subject = _expect(fields[4], SEQUENCE, "subject")
-        self.issuer = bytes(der[issuer[1]:issuer[2]])
-        self.subject = bytes(der[subject[1]:subject[2]])
+        self.issuer = _name(der, fields[2], "issuer")
+        self.subject = _name(der, fields[4], "subject")
         extensions = {}
         for tag, ext_start, ext_end in fields[6:]:
             if tag == EXPLICIT_3:
-                inner = _expect(read(der[:ext_end], ext_start), SEQUENCE, "extensions")
-                extensions = _extensions(der, inner[1], inner[2])
+                extensions = _explicit_extensions(der, ext_start, ext_end, "extensions")
         self.authority_key_id = _authority_key_id(extensions)
         ski = extensions.get(SUBJECT_KEY_ID)
         if ski is not None:
@@ -147,8 +156,7 @@ class RevocationList:
         fields = _signed_body(der, "CRL", INTEGER)
         if len(fields) < 3:
             raise ValueError("CRL body too short")
-        issuer = _expect(fields[1], SEQUENCE, "CRL issuer")
-        self.issuer = bytes(der[issuer[1]:issuer[2]])
+        self.issuer = _name(der, fields[1], "CRL issuer")
         self.this_update = _time(der, fields[2])
         rest = fields[3:]
         self.next_update = None
@@ -165,8 +173,8 @@ class RevocationList:
                         raise ValueError("empty revoked certificate entry")
                     self.serials.add(_integer(der, entry_fields[0]))
             elif tag == EXPLICIT_0:  # crlExtensions
-                inner = _expect(read(der[:part_end], part_start), SEQUENCE, "CRL extensions")
-                self.authority_key_id = _authority_key_id(_extensions(der, inner[1], inner[2]))
+                self.authority_key_id = _authority_key_id(
+                    _explicit_extensions(der, part_start, part_end, "CRL extensions"))
 
 
 def pem_blocks(data, label):

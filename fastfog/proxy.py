@@ -28,10 +28,10 @@ from fastfog.connection import (
     Handshake,
     Opening,
     ProxyHeader,
-    header_value,
     peer_text,
 )
 from fastfog.exchange import Exchange
+from fastfog.forward import header_value
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head, poller_for
 from fastfog.limits import Limits
 from fastfog.metrics import Metrics

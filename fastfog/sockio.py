@@ -1,16 +1,12 @@
-"""Awaiting raw non-blocking sockets, cheaply.
+"""Waiting on raw non-blocking sockets, cheaply.
 
-The event loop's ``sock_recv``/``sock_sendall``/``sock_connect`` register the
-socket with the loop on every call and re-inspect its family and address (each
-an enum conversion in the socket module). These try the system call first
-and wait for readiness on the bare file descriptor only when it would block,
-which is the uncommon case on a busy proxy: a client's request head has usually
-arrived by the time it is accepted, and a small answer fits the send buffer.
+The event loop's ``sock_recv``/``sock_sendall`` register the socket with the
+loop on every call and re-inspect its family and address (each an enum
+conversion in the socket module). ``recv`` and ``sendall`` here try the system
+call first and wait for readiness on the bare file descriptor only when it
+would block, which is the uncommon case on a busy proxy. ``Readiness`` is the
+same idea for steps driven by callbacks rather than coroutines.
 """
-
-import errno
-import os
-import socket
 
 READ, WRITE = 1, 2
 
@@ -46,16 +42,6 @@ async def sendall(loop, sock, data):
             view = view[sock.send(view):]
         except BlockingIOError:
             await _ready(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
-
-
-async def connect(loop, sock, address):
-    """Connect a non-blocking socket; OSError (ConnectionRefusedError, …) when it fails."""
-    error = sock.connect_ex(address)
-    if error in (errno.EINPROGRESS, errno.EAGAIN):
-        await _ready(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
-        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if error:
-        raise OSError(error, os.strerror(error))
 
 
 class Readiness:

@@ -183,7 +183,6 @@ cdef class _SpliceDirection:
         self.dst_ready = True  # a fresh connection takes bytes; EAGAIN says otherwise
 
     cdef int open(self, SpliceRelay relay, object src, object dst, bytes pending) except -1:
-        cdef int fds[2]
         self.relay = relay
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
