@@ -471,8 +471,7 @@ class Opening:
     @guarded
     def _lookup_done(self, task):
         if task.cancelled():
-            self._release()
-            self.done(None, None, True)
+            self._abandon()
             return
         error = task.exception()
         if isinstance(error, ResolveError):
@@ -497,8 +496,7 @@ class Opening:
         proxy = self.proxy
         self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
         if self.conn.closed:
-            self._release()
-            self.done(None, None, True)
+            self._abandon()
             return
         if self.named:
             proxy.metrics.observe("resolver.lookup_time", (time.monotonic() - self.lookup_started) * 1000)
@@ -531,8 +529,7 @@ class Opening:
     @guarded
     def _access_done(self, task):
         if task.cancelled():
-            self._release()
-            self.done(None, None, True)
+            self._abandon()
             return
         self._access_answered(*task.result())
 
@@ -540,8 +537,7 @@ class Opening:
         proxy = self.proxy
         self.fields["access_response"] = answer
         if self.conn.closed:
-            self._release()
-            self.done(None, None, True)
+            self._abandon()
             return
         if not accepted:
             allowed = self.decision
@@ -603,8 +599,7 @@ class Opening:
             return
         if self.conn.closed:
             self.upstream.close()
-            self._release()
-            self.done(None, None, True)
+            self._abandon()
             return
         # The remote end is the address dialed (canonical text already): no need to ask the kernel.
         names = pooled_names or (peer_text(self.upstream.getsockname()), peer_text((self.address, self.port)))
@@ -646,6 +641,11 @@ class Opening:
         self._release()
         self.done(None, self.proxy.failure(self.head, self.fields, decision, self.lookup_ms, 500, message, True),
                   True)
+
+    def _abandon(self):
+        """Nobody is left to answer (the client went away, or shutdown cancelled a lookup): just close."""
+        self._release()
+        self.done(None, None, True)
 
     def _release(self):
         """An admitted request that ends here stops counting against the concurrency limit."""
