@@ -32,7 +32,7 @@ from fastfog.acl import (
 from fastfog.classify import canonical_host
 from fastfog.dns import ResolveError
 from fastfog.forward import header_value
-from fastfog.hotpaths import HeadError, parse_request_head
+from fastfog.hotpaths import EdgeWatch, HeadError, parse_request_head
 from fastfog.tls import subject_fields
 from fastfog.webhooks import REJECTED as REJECTED_BY_WEBHOOK
 
@@ -52,16 +52,23 @@ def peer_text(address):
 class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
-    __slots__ = ("sock", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused", "role",
-                 "requested", "names")
+    __slots__ = ("sock", "watch", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused",
+                 "role", "requested", "names")
 
-    def __init__(self, sock, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested, names):
-        """``requested``: the host the client asked for, canonical (classify.Host); ``names``: the
-        socket's local and remote addresses as the records write them."""
-        self.sock, self.decision, self.address, self.via = sock, decision, address, via
+    def __init__(self, sock, watch, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested,
+                 names):
+        """``watch``: the socket's EdgeWatch for a forwarded request (None for a tunnel, whose relay
+        registers the socket its own way); ``requested``: the host the client asked for, canonical
+        (classify.Host); ``names``: the socket's local and remote addresses as the records write them."""
+        self.sock, self.watch, self.decision, self.address, self.via = sock, watch, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
         self.port, self.reused, self.role, self.requested = port, reused, role, requested
         self.names = names
+
+    def close(self):
+        if self.watch is not None:
+            self.watch.forget()
+        self.sock.close()
 
 
 def x509_fields(peer_certificate):
@@ -91,7 +98,7 @@ def guarded(step):
 class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
-    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_timer", "_timeout", "_reading",
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_timer", "_timeout", "_watch",
                  "closed", "tls", "peer_certificate", "x509_fields", "exchange")
 
     def __init__(self, proxy, sock, address, peer_certificate=None):
@@ -109,7 +116,7 @@ class ClientConnection:
         self.buffer = bytearray()
         self._timer = None
         self._timeout = 0.0
-        self._reading = False
+        self._watch = None  # made at the first wait: most CONNECT clients never wait for a head
         self.closed = False
         self.exchange = None  # the forwarded request in flight (exchange.Exchange), if any
         proxy.connections.add(self)
@@ -132,6 +139,17 @@ class ClientConnection:
         client that pipelines many requests never deepens the recursion."""
         self.loop.call_soon(self.read_head, False)
 
+    def watch(self):
+        """The socket's readiness (an EdgeWatch, or a LevelWatch over TLS), shared with the
+        exchange in flight; made on first use."""
+        watch = self._watch
+        if watch is None:
+            if self.tls:
+                watch = self._watch = sockio.LevelWatch(self.loop, self.fd)
+            else:
+                watch = self._watch = EdgeWatch(self.proxy.poller, self.fd)
+        return watch
+
     def _on_readable(self):
         self._advance(False)
 
@@ -144,6 +162,7 @@ class ClientConnection:
     @guarded
     def _advance(self, parse):
         """Parse the buffer when a line may have ended; read what is waiting; else wait."""
+        watch = self._watch
         try:
             while True:
                 if parse:
@@ -153,20 +172,21 @@ class ClientConnection:
                         del self.buffer[:head.head_end]
                         self.proxy.request(self, head)
                         return
+                if watch is not None and not watch.readable:
+                    self._wait()
+                    return
                 try:
                     data = self.sock.recv(READ_SIZE)
                 except BlockingIOError:
-                    if not self._reading:
-                        self._reading = True
-                        self.loop.add_reader(self.fd, self._on_readable)
-                        if self._timeout and self._timer is None:
-                            self._timer = self.loop.call_later(self._timeout, self._head_timed_out)
+                    self._wait()
                     return
                 if not data:
                     if self.buffer.strip():
                         raise HeadError("connection closed in the middle of a request head")
                     self.close()
                     return
+                if watch is not None and len(data) < READ_SIZE:
+                    watch.short_read()
                 self.buffer += data
                 # Heads are re-parsed only when a line has ended: a client trickling bytes
                 # costs one parse per line, never one per byte.
@@ -179,6 +199,11 @@ class ClientConnection:
         except OSError:
             self.close()
 
+    def _wait(self):
+        self.watch().wait_read(self._on_readable)
+        if self._timeout and self._timer is None:
+            self._timer = self.loop.call_later(self._timeout, self._head_timed_out)
+
     def _head_timed_out(self):
         self._timer = None
         self.proxy.log.info("client did not finish its request in time",
@@ -189,9 +214,8 @@ class ClientConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._reading:
-            self._reading = False
-            self.loop.remove_reader(self.fd)
+        if self._watch is not None:
+            self._watch.cancel()
 
     def send(self, data, then):
         """Send ``data``, then call ``then()``: at once when it fits the send buffer (it nearly always does)."""
@@ -217,6 +241,7 @@ class ClientConnection:
 
     def finish(self, answer):
         """A last answer, then close without losing it (see Proxy.send_final)."""
+        self._drop_watch(False)
         self.proxy.spawn(self._finish(answer))
 
     async def _finish(self, answer):
@@ -226,14 +251,25 @@ class ClientConnection:
     def detach(self):
         """The socket now belongs to a tunnel: stop tracking it as a connection."""
         self._stop_waiting()
+        self._drop_watch(False)
         self.proxy.connections.discard(self)
 
     def close(self):
         if not self.closed:
             self.closed = True
             self._stop_waiting()
+            self._drop_watch(True)
             self.sock.close()
             self.proxy.connections.discard(self)
+
+    def _drop_watch(self, closing):
+        """The socket goes to other hands (or is about to close): take it off the poller."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            if closing:
+                watch.forget()
+            else:
+                watch.remove()
 
 
 class ClientStep:
@@ -246,7 +282,7 @@ class ClientStep:
     def __init__(self, proxy, sock):
         self.proxy, self.sock, self.fd = proxy, sock, sock.fileno()
         self._timer = None
-        self._ready = sockio.Readiness(proxy.loop)
+        self._ready = sockio.LevelWatch(proxy.loop, self.fd)
         proxy.connections.add(self)
 
     def _start(self, seconds, on_timeout, step):
@@ -254,13 +290,13 @@ class ClientStep:
         step()
 
     def _read_when_ready(self, step):
-        self._ready.read(self.fd, step)
+        self._ready.wait_read(step)
 
     def _write_when_ready(self, step):
-        self._ready.write(self.fd, step)
+        self._ready.wait_write(step)
 
     def _stop(self):
-        self._ready.clear()
+        self._ready.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -394,8 +430,8 @@ class Opening:
     """Decide, resolve, classify and dial for one request, with loop callbacks."""
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
-                 "lookup_started", "lookup_ms", "address", "upstream", "dial_started", "_timer", "reuse", "role",
-                 "named", "requested")
+                 "lookup_started", "lookup_ms", "address", "upstream", "watch", "dial_started", "_timer", "reuse",
+                 "role", "named", "requested")
 
     def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
@@ -404,7 +440,7 @@ class Opening:
         self.proxy, self.conn, self.head, self.fields, self.connect, self.done = proxy, conn, head, fields, connect, done
         self.reuse = reuse
         self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
-        self.decision = self.via = self.address = self.upstream = self._timer = self.role = None
+        self.decision = self.via = self.address = self.upstream = self.watch = self._timer = self.role = None
         self.lookup_ms = 0
         self.named = False  # a host name was looked up (not an IP literal)
 
@@ -553,8 +589,9 @@ class Opening:
         proxy = self.proxy
         pooled = proxy.pool.take(self.address, self.port) if self.reuse else None
         if pooled is not None:
-            self.upstream, self.dial_started = pooled[0], time.monotonic()
-            self._dial_ended(0, pooled[1])
+            self.upstream, self.watch, names = pooled
+            self.dial_started = time.monotonic()
+            self._dial_ended(0, names)
             return
         # Non-blocking from its creation: no separate ioctl to make it so.
         upstream = _socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET,
@@ -567,21 +604,20 @@ class Opening:
             timeout = proxy.config.connect_timeout
             if timeout:
                 self._timer = proxy.loop.call_later(timeout, self._dial_timed_out)
-            # The connect's end is one edge (writable, or an error) on the relays' own epoll
-            # set: cheaper than a loop registration made and torn down for one event.
-            proxy.poller.add(upstream.fileno(), self)
+            # The connect's end is one edge (writable, or an error) on the proxy's own epoll
+            # set, where a forwarded request's socket then stays for as long as it is open.
+            self.watch = EdgeWatch(proxy.poller, upstream.fileno())
+            self.watch.wait_write(self._dialed)
         else:
             self._dial_ended(error)
 
-    def on_events(self, fd, mask):
-        """The edge that ends the connect (see hotpaths.poller_for)."""
-        self._dialed()
-
     @guarded
     def _dialed(self):
-        self.proxy.poller.remove(self.upstream.fileno())  # whoever uses the socket next registers it
         if self._timer is not None:
             self._timer.cancel()
+        if self.connect:  # a tunnel's relay registers the socket its own way
+            self.watch.remove()
+            self.watch = None
         self._dial_ended(self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
     def _dial_ended(self, error, pooled_names=None):
@@ -590,7 +626,7 @@ class Opening:
         if pooled_names is None:
             self._count_dial(error)
         if error:
-            self.upstream.close()
+            self._close_upstream()
             cause = os.strerror(error).lower()
             target = peer_text((self.address, self.port))
             message = f"Failed to connect to remote host: dial tcp {target}: connect: {cause}"
@@ -598,23 +634,24 @@ class Opening:
                                        self.close))
             return
         if self.conn.closed:
-            self.upstream.close()
+            self._close_upstream()
             self._abandon()
             return
+        if self.watch is None and not self.connect:  # connected at once, without an edge
+            self.watch = EdgeWatch(proxy.poller, self.upstream.fileno())
         # The remote end is the address dialed (canonical text already): no need to ask the kernel.
         names = pooled_names or (peer_text(self.upstream.getsockname()), peer_text((self.address, self.port)))
         self.fields["outbound_local_addr"], self.fields["outbound_remote_addr"] = names
         connect_ms = int((time.monotonic() - self.dial_started) * 1000)
-        upstream = Upstream(self.upstream, self.decision, self.lookup_ms, connect_ms, self.address, self.via,
-                            self.port, pooled_names is not None, self.role, self.requested, names)
+        upstream = Upstream(self.upstream, self.watch, self.decision, self.lookup_ms, connect_ms, self.address,
+                            self.via, self.port, pooled_names is not None, self.role, self.requested, names)
         self.role = None  # the caller releases it when the request is done
         self.done(upstream, None, False)
 
     @guarded
     def _dial_timed_out(self):
         proxy = self.proxy
-        proxy.poller.forget(self.upstream.fileno())
-        self.upstream.close()
+        self._close_upstream()
         self._count_dial(errno.ETIMEDOUT)
         message = f"Timed out connecting to remote host: dial tcp {peer_text((self.address, self.port))}: i/o timeout"
         self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 504, message, self.close))
@@ -627,15 +664,19 @@ class Opening:
         elif self.proxy.config.time_connect:
             metrics.observe("cn.atpt.connect.time", (time.monotonic() - self.dial_started) * 1000)
 
+    def _close_upstream(self):
+        if self.watch is not None:
+            self.watch.forget()
+            self.watch = None
+        self.upstream.close()
+
     def _answer(self, answer):
         self._release()
         self.done(None, answer, self.close)
 
     def _unexpected(self, err):
         if self.upstream is not None:
-            if self.upstream.fileno() >= 0:
-                self.proxy.poller.forget(self.upstream.fileno())
-            self.upstream.close()
+            self._close_upstream()
         message = f"{type(err).__name__}: {err}"
         decision = self.decision or Decision(False, "unexpected error")
         self._release()

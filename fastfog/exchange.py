@@ -8,9 +8,12 @@ much belongs to the message, until the framing says it ended. A send that
 would block stops reading the other side until the socket drains, so a slow
 receiver never makes the proxy buffer without bound.
 
-Each system call is tried before the loop is asked to wait, and one
-registration with the loop is kept at a time: a small response that arrives
-in one segment costs one wait for the upstream and no task or future.
+Both sockets wait through their watches (``hotpaths.EdgeWatch``: registered
+once with the proxy's edge poller, the upstream's for as long as it is
+open). A watch remembers whether its socket may have bytes or room, so no
+system call is made just to hear EAGAIN: a small response that arrives in one
+segment costs one send and one receive on each side, one wait, and no task,
+future or loop registration.
 
 ``read_timeout`` bounds sending the request (the client's body included),
 ``write_timeout`` receiving and relaying the response. Then the connection
@@ -25,7 +28,6 @@ from fastfog import forward, logs, responses
 from fastfog.connection import READ_SIZE, guarded
 from fastfog.errors import HeadError
 from fastfog.hotpaths import parse_response_head
-from fastfog.sockio import Readiness
 
 
 def take(body, buffer):
@@ -41,16 +43,17 @@ def take(body, buffer):
 class Exchange:
     """A request and its response between a client connection and an upstream socket."""
 
-    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_ready", "_timer", "_phase",
-                 "_source", "_destination", "_destination_fd", "_source_fd", "_buffer", "_body", "_pending",
-                 "_then", "_response", "_keep_alive", "_sent_up", "_answered", "_interim", "_ended")
+    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_client_watch", "_timer",
+                 "_phase", "_upward", "_source", "_destination", "_source_watch", "_destination_watch", "_buffer",
+                 "_body", "_pending", "_then", "_response", "_keep_alive", "_sent_up", "_answered", "_interim",
+                 "_ended")
 
     def __init__(self, proxy, conn, head, fields, upstream, started, stale):
         """``upstream``: a connection.Upstream; ``started``: the request's time.time();
         ``stale()``: the pooled upstream closed before answering a request that can go again."""
         self.proxy, self.conn, self.head, self.fields, self.upstream = proxy, conn, head, fields, upstream
         self.started, self.stale = started, stale
-        self._ready = Readiness(proxy.loop)
+        self._client_watch = conn.watch()
         self._timer = None
         self._phase = ""
         self._response = None
@@ -74,7 +77,7 @@ class Exchange:
             return
         if not body.done and forward.expects_continue(self.head):
             self._send_continue()
-        self._move(conn.sock, self.upstream.sock, conn.buffer, body, first, self._request_sent)
+        self._move(True, conn.buffer, body, first, self._request_sent)
 
     def _send_continue(self):
         """The client waits for ``100 Continue`` before its body: the request is allowed, say so.
@@ -94,7 +97,7 @@ class Exchange:
     @guarded
     def _read_response(self):
         """Read the next response head; pass interim 1xx heads on; then stream the final response."""
-        upstream, buffer = self.upstream.sock, self._buffer
+        upstream, watch, buffer = self.upstream.sock, self.upstream.watch, self._buffer
         while True:
             if buffer:
                 try:
@@ -104,10 +107,13 @@ class Exchange:
                     return
                 if head is not None:
                     break
+            if not watch.readable:
+                watch.wait_read(self._read_response)
+                return
             try:
                 data = upstream.recv(READ_SIZE)
             except BlockingIOError:
-                self._ready.read(upstream.fileno(), self._read_response)
+                watch.wait_read(self._read_response)
                 return
             except ConnectionResetError:
                 data = b""
@@ -122,13 +128,15 @@ class Exchange:
                 else:
                     self._no_response()
                 return
+            if len(data) < READ_SIZE:
+                watch.short_read()
             buffer += data
         del buffer[:head.head_end]
         request = self.head
         if head.status < 200 and head.status != 101:
             self._interim = True
-            self._move(upstream, self.conn.sock, buffer, forward.LengthBody(0),
-                       forward.client_response(head, False, request.version), self._read_response)
+            self._move(False, buffer, forward.LengthBody(0), forward.client_response(head, False, request.version),
+                       self._read_response)
             return
         if head.status == 101:
             self._broken("protocol upgrades are not forwarded")
@@ -144,7 +152,7 @@ class Exchange:
         except HeadError as err:
             self._broken(str(err))
             return
-        self._move(upstream, self.conn.sock, buffer, body, first, self._response_sent)
+        self._move(False, buffer, body, first, self._response_sent)
 
     def _response_sent(self):
         proxy, upstream, response, fields = self.proxy, self.upstream, self._response, self.fields
@@ -152,9 +160,9 @@ class Exchange:
                     and not isinstance(self._body, forward.UntilClose))
         self._end()
         if reusable:
-            proxy.pool.give(upstream.address, upstream.port, upstream.sock, upstream.names)
+            proxy.pool.give(upstream.address, upstream.port, upstream.sock, upstream.watch, upstream.names)
         else:
-            upstream.sock.close()
+            upstream.close()
         fields["status_code"] = response.status
         fields["content_length"] = -1 if response.content_length is None else response.content_length
         proxy.log.info(logs.DECISION, {**fields, **proxy.decision_fields(upstream.decision, upstream.lookup_ms),
@@ -169,24 +177,30 @@ class Exchange:
 
     # --- moving a message's bytes --------------------------------------------------------------
 
-    def _move(self, source, destination, buffer, body, first, then):
-        """Send ``first``, then the rest of ``body`` from ``source`` (``buffer`` first), then ``then()``."""
-        self._source, self._destination = source, destination
-        self._source_fd, self._destination_fd = source.fileno(), destination.fileno()
+    def _move(self, upward, buffer, body, first, then):
+        """Send ``first``, then the rest of ``body`` (``buffer`` first), then ``then()``: from the
+        client to the upstream when ``upward``, else back."""
+        client, upstream = (self.conn.sock, self._client_watch), (self.upstream.sock, self.upstream.watch)
+        (self._source, self._source_watch), (self._destination, self._destination_watch) = (
+            (client, upstream) if upward else (upstream, client))
+        self._upward = upward
         self._buffer, self._body, self._pending, self._then = buffer, body, first, then
         self._pump()
 
     @guarded
     def _pump(self):
         source, destination, buffer, body = self._source, self._destination, self._buffer, self._body
-        upward = destination is self.upstream.sock
+        upward = self._upward
         while True:
             pending = self._pending
             if pending:
+                if not self._destination_watch.writable:
+                    self._destination_watch.wait_write(self._pump)
+                    return
                 try:
                     sent = destination.send(pending)
                 except BlockingIOError:
-                    self._ready.write(self._destination_fd, self._pump)
+                    self._destination_watch.wait_write(self._pump)
                     return
                 except OSError as err:
                     self._send_failed(upward, err)
@@ -195,20 +209,27 @@ class Exchange:
                     self._sent_up = True
                 else:
                     self._answered = True
-                if sent < len(pending):
+                if sent < len(pending):  # the socket is full: wait for room
                     self._pending = memoryview(pending)[sent:]
-                    continue
+                    self._destination_watch.wait_write(self._pump)
+                    return
                 self._pending = None
             if body.done:
                 self._then()
                 return
+            watch = self._source_watch
+            if not watch.readable:
+                watch.wait_read(self._pump)
+                return
             try:
                 data = source.recv(READ_SIZE)
             except BlockingIOError:
-                self._ready.read(self._source_fd, self._pump)
+                watch.wait_read(self._pump)
                 return
             except OSError:
                 data = b""
+            if 0 < len(data) < READ_SIZE:
+                watch.short_read()
             if not data:
                 if isinstance(body, forward.UntilClose):
                     self._then()
@@ -246,7 +267,8 @@ class Exchange:
     def _end(self):
         """Stop waiting and timing, stop counting against the limits; the caller says what is next."""
         self._ended = True
-        self._ready.clear()
+        self._client_watch.cancel()
+        self.upstream.watch.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -263,7 +285,7 @@ class Exchange:
         """Close both sides now (a timeout, or the end of a graceful shutdown)."""
         if not self._ended:
             self._end()
-            self.upstream.sock.close()
+            self.upstream.close()
             self.conn.close()
 
     def _send_failed(self, upward, err):
@@ -283,7 +305,7 @@ class Exchange:
         head = self.head
         if self.upstream.reused and not head.content_length and not head.chunked:
             self._end()
-            self.upstream.sock.close()
+            self.upstream.close()
             self.stale()
             return
         self._broken("connection closed before a response")
@@ -297,7 +319,7 @@ class Exchange:
         upstream = self.upstream
         if not self._ended:
             self._end()
-            upstream.sock.close()
+            upstream.close()
         if self._answered or self.conn.closed:
             self.proxy.log.error("forwarded request failed in the middle of its response",
                                  {**self.fields, "error": message})
@@ -309,7 +331,7 @@ class Exchange:
     def _bad_request(self, err):
         """The client's own body framing can never be valid."""
         self._end()
-        self.upstream.sock.close()
+        self.upstream.close()
         self.proxy.log.warning("bad request", {**self.fields, "error": str(err)})
         self.conn.finish(responses.bad_request(str(err)))
 

@@ -32,6 +32,7 @@ DEFAULT_MAX_HEAD_SIZE = _implementation.DEFAULT_MAX_HEAD_SIZE
 DEFAULT_MAX_HEADERS = _implementation.DEFAULT_MAX_HEADERS
 BufferedRelay = _implementation.BufferedRelay
 CidrTable = _implementation.CidrTable
+EdgeWatch = _implementation.EdgeWatch
 HostGlobSet = _implementation.HostGlobSet
 IdSource = _implementation.IdSource
 RequestHead = _implementation.RequestHead
@@ -48,7 +49,7 @@ rewrite_head = _implementation.rewrite_head
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
 
 __all__ = [
-    "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError",
+    "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch", "HeadError",
     "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni",
     "json_line", "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]

@@ -35,33 +35,40 @@ class UpstreamPool:
         return self._count
 
     def take(self, address, port):
-        """(socket, names) of an idle connection to ``address:port`` that still looks open, or None."""
+        """(socket, watch, names) of an idle connection to ``address:port`` that still looks open, or None."""
         stack = self._idle.get((address, port))
         now = time.monotonic()
         while stack:
-            sock, names, since = stack.pop()
+            sock, watch, names, since = stack.pop()
             self._count -= 1
             if now - since < self.idle_seconds and _still_open(sock):
-                return sock, names
-            sock.close()
+                return sock, watch, names
+            _close(sock, watch)
         return None
 
-    def give(self, address, port, sock, names=None):
-        """Keep ``sock`` for reuse, or close it when the pool is full. ``names``: what the caller
+    def give(self, address, port, sock, watch=None, names=None):
+        """Keep ``sock`` for reuse, or close it when the pool is full. ``watch``: its readiness (an
+        EdgeWatch, kept registered: forgotten when the socket closes here); ``names``: what the caller
         wants back with it (its local and remote address texts, which do not change)."""
         stack = self._idle.setdefault((address, port), [])
         if len(stack) >= self.max_idle_per_host or self._count >= self.max_idle:
-            sock.close()
+            _close(sock, watch)
             return
-        stack.append((sock, names, time.monotonic()))
+        stack.append((sock, watch, names, time.monotonic()))
         self._count += 1
 
     def close(self):
         for stack in self._idle.values():
-            for sock, _, _ in stack:
-                sock.close()
+            for sock, watch, _, _ in stack:
+                _close(sock, watch)
         self._idle.clear()
         self._count = 0
+
+
+def _close(sock, watch):
+    if watch is not None:
+        watch.forget()
+    sock.close()
 
 
 def _still_open(sock):

@@ -4,11 +4,10 @@ The event loop's ``sock_recv``/``sock_sendall`` register the socket with the
 loop on every call and re-inspect its family and address (each an enum
 conversion in the socket module). ``recv`` and ``sendall`` here try the system
 call first and wait for readiness on the bare file descriptor only when it
-would block, which is the uncommon case on a busy proxy. ``Readiness`` is the
-same idea for steps driven by callbacks rather than coroutines.
+would block, which is the uncommon case on a busy proxy. ``LevelWatch`` is the
+same idea for steps driven by callbacks rather than coroutines, where the
+proxy's edge poller (``hotpaths.EdgeWatch``) does not serve.
 """
-
-READ, WRITE = 1, 2
 
 
 def _wake(future):
@@ -44,37 +43,64 @@ async def sendall(loop, sock, data):
             await _ready(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
 
 
-class Readiness:
-    """At most one readiness registration with the loop at a time, for a step driven by callbacks.
+class LevelWatch:
+    """The EdgeWatch interface (see fastfog.reference.relay) over the loop's own registrations.
 
-    Asking again for what is registered already costs nothing; asking for another socket,
-    direction or callback replaces the registration, so a step that moves between sockets and
-    states never leaves a stale one behind.
+    For sockets whose readiness the kernel alone does not know, such as a TLS socket that holds
+    decrypted bytes no edge announces, and for steps that own a socket only briefly.
+    ``readable`` and ``writable`` always say "try": the owner reads and writes until EAGAIN.
+    ``wait_read``/``wait_write`` call back once at the next readiness; the registration stays
+    while the owner keeps waiting the same way and goes at ``cancel()``, so another user of the
+    socket (a relay, a final answer) never finds one left behind.
     """
 
-    __slots__ = ("_loop", "_fd", "_kind", "_callback")
+    __slots__ = ("_loop", "fd", "_on_read", "_on_write", "_reading", "_writing")
 
-    def __init__(self, loop):
-        self._loop = loop
-        self._fd = -1
-        self._kind = 0
-        self._callback = None
+    readable = writable = True
 
-    def read(self, fd, callback):
-        if self._fd != fd or self._kind != READ or self._callback != callback:
-            self.clear()
-            self._loop.add_reader(fd, callback)
-            self._fd, self._kind, self._callback = fd, READ, callback
+    def __init__(self, loop, fd):
+        self._loop, self.fd = loop, fd
+        self._on_read = self._on_write = None
+        self._reading = self._writing = False
 
-    def write(self, fd, callback):
-        if self._fd != fd or self._kind != WRITE or self._callback != callback:
-            self.clear()
-            self._loop.add_writer(fd, callback)
-            self._fd, self._kind, self._callback = fd, WRITE, callback
+    def wait_read(self, callback):
+        self._on_read = callback
+        if not self._reading:
+            self._reading = True
+            self._loop.add_reader(self.fd, self._readable)
 
-    def clear(self):
-        if self._kind == READ:
-            self._loop.remove_reader(self._fd)
-        elif self._kind == WRITE:
-            self._loop.remove_writer(self._fd)
-        self._fd, self._kind, self._callback = -1, 0, None
+    def wait_write(self, callback):
+        self._on_write = callback
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.fd, self._writable)
+
+    def short_read(self):
+        """Nothing to note: only EAGAIN says a TLS socket has nothing more."""
+
+    def _readable(self):
+        callback, self._on_read = self._on_read, None
+        if callback is None:  # nobody waits any more
+            self._reading = False
+            self._loop.remove_reader(self.fd)
+        else:
+            callback()
+
+    def _writable(self):
+        callback, self._on_write = self._on_write, None
+        if callback is None:
+            self._writing = False
+            self._loop.remove_writer(self.fd)
+        else:
+            callback()
+
+    def cancel(self):
+        self._on_read = self._on_write = None
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self.fd)
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.fd)
+
+    remove = forget = cancel

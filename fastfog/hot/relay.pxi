@@ -5,7 +5,7 @@
 # that moves the bytes with recv/send/splice/shutdown system calls and touches
 # Python only to close.
 
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EEXIST, EINTR, errno
 from libc.string cimport strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -39,6 +39,7 @@ cdef extern from "<sys/epoll.h>":
     enum:
         EPOLL_CLOEXEC
         EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
         EPOLL_CTL_DEL
         EPOLLIN
         EPOLLOUT
@@ -83,6 +84,9 @@ cdef inline double _monotonic() noexcept nogil:
     return now.tv_sec + now.tv_nsec * 1e-9
 
 
+cdef class EdgeWatch
+
+
 cdef class EdgePoller:
     """Edge-triggered readiness for many sockets through one registration with the loop
     (same API as fastfog.reference.relay.EdgePoller, which documents it)."""
@@ -109,7 +113,9 @@ cdef class EdgePoller:
         event.data.u64 = 0
         event.data.fd = fd
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &event) != 0:
-            raise OSError(errno, strerror(errno).decode())
+            # Registered already (handed over by an earlier owner): re-arming reports its state anew.
+            if errno != EEXIST or epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &event) != 0:
+                raise OSError(errno, strerror(errno).decode())
         self.owners[fd] = owner
 
     cpdef remove(self, int fd):
@@ -132,13 +138,71 @@ cdef class EdgePoller:
                 (<SpliceRelay>owner).on_events(fd, self.events[index].events)
                 continue
             try:
-                owner.on_events(fd, self.events[index].events)
+                if type(owner) is EdgeWatch:
+                    (<EdgeWatch>owner).edge(self.events[index].events)
+                else:
+                    owner.on_events(fd, self.events[index].events)
             except Exception as err:  # a bug in one owner: the rest of the batch still runs
                 self.loop_ref().call_exception_handler({"message": "error in an edge handler", "exception": err})
 
     def __dealloc__(self):
         if self.epfd >= 0:
             close(self.epfd)
+
+
+cdef class EdgeWatch:
+    """One plain socket's readiness from its poller's edges (same API as
+    fastfog.reference.relay.EdgeWatch, which documents it)."""
+    cdef EdgePoller _poller
+    cdef readonly int fd
+    cdef public bint readable
+    cdef public bint writable
+    cdef object _on_read
+    cdef object _on_write
+
+    def __init__(self, EdgePoller poller, int fd):
+        self._poller, self.fd = poller, fd
+        self.readable = self.writable = True
+        poller.add(fd, self)
+
+    def on_events(self, fd, mask):
+        self.edge(mask)
+
+    cdef edge(self, uint32_t mask):
+        if mask & READ_EVENTS:
+            self.readable = True
+            callback = self._on_read
+            if callback is not None:
+                self._on_read = None
+                callback()
+        if mask & WRITE_EVENTS:
+            self.writable = True
+            callback = self._on_write
+            if callback is not None:
+                self._on_write = None
+                callback()
+
+    cpdef wait_read(self, callback):
+        self.readable = False
+        self._on_read = callback
+
+    cpdef wait_write(self, callback):
+        self.writable = False
+        self._on_write = callback
+
+    cpdef short_read(self):
+        self.readable = False
+
+    cpdef cancel(self):
+        self._on_read = self._on_write = None
+
+    cpdef remove(self):
+        self._on_read = self._on_write = None
+        self._poller.remove(self.fd)
+
+    cpdef forget(self):
+        self._on_read = self._on_write = None
+        self._poller.forget(self.fd)
 
 
 _pollers = _weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop

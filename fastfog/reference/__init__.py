@@ -19,10 +19,11 @@ from fastfog.reference.httphead import (
     parse_response_head,
 )
 from fastfog.reference.record import IdSource, json_line, rfc3339
-from fastfog.reference.relay import EdgePoller, SpliceRelay, poller_for
+from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for
 
 __all__ = [
-    "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "DEFAULT_MAX_HEADERS", "CidrTable", "HeadError", "HostGlobSet",
+    "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "EdgeWatch", "DEFAULT_MAX_HEADERS", "CidrTable",
+    "HeadError", "HostGlobSet",
     "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni", "json_line",
     "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]

@@ -56,8 +56,9 @@ POLLER_BATCH = 128
 class EdgePoller:
     """Edge-triggered readiness for many sockets through one registration with ``loop``.
 
-    ``add(fd, owner)`` calls ``owner.on_events(fd, mask)`` for each edge from then on;
-    ``remove(fd)`` stops that for a socket that stays open (it goes to other hands), and
+    ``add(fd, owner)`` calls ``owner.on_events(fd, mask)`` for each edge from then on (a
+    socket still registered for an earlier owner changes hands, and its present state comes
+    as a fresh edge); ``remove(fd)`` stops that for a socket that stays open (it goes to other hands), and
     ``forget(fd)`` for one about to be closed (closing takes it out of the set). An error in
     one owner is reported to the loop's exception handler; the others still get their edges.
     """
@@ -73,7 +74,11 @@ class EdgePoller:
         return self._loop()
 
     def add(self, fd, owner):
-        self._epoll.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
+        events = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+        try:
+            self._epoll.register(fd, events)
+        except FileExistsError:  # handed over by an earlier owner: re-arming reports its state anew
+            self._epoll.modify(fd, events)
         self._owners[fd] = owner
 
     def remove(self, fd):
@@ -91,6 +96,66 @@ class EdgePoller:
                     owner.on_events(fd, mask)
                 except Exception as err:  # a bug in one owner: the rest of the batch still runs
                     self.loop.call_exception_handler({"message": "error in an edge handler", "exception": err})
+
+
+class EdgeWatch:
+    """One plain socket's readiness from ``poller``'s edges, for a step driven by callbacks.
+
+    Registered once, for as long as the socket stays with its owners. ``readable`` and
+    ``writable`` remember an edge until a system call says there is no more: EAGAIN, a read
+    shorter than asked (``short_read()``), a send that took only part (then ``wait_write``).
+    Nothing is missed by believing them, because the kernel signals every later arrival and
+    every freed space with a new edge; so a drained socket is never asked again just to hear
+    EAGAIN. A new watch believes both, so its owner tries first.
+
+    ``wait_read(callback)`` and ``wait_write(callback)`` call back once, at the next such edge
+    (a hang-up or an error wakes both); ``cancel()`` drops what waits; ``remove()`` hands the
+    socket to something that does not use the poller, ``forget()`` comes before closing it.
+    """
+
+    __slots__ = ("_poller", "fd", "readable", "writable", "_on_read", "_on_write")
+
+    def __init__(self, poller, fd):
+        self._poller, self.fd = poller, fd
+        self.readable = self.writable = True
+        self._on_read = self._on_write = None
+        poller.add(fd, self)
+
+    def on_events(self, fd, mask):
+        if mask & _READ_EVENTS:
+            self.readable = True
+            callback = self._on_read
+            if callback is not None:
+                self._on_read = None
+                callback()
+        if mask & _WRITE_EVENTS:
+            self.writable = True
+            callback = self._on_write
+            if callback is not None:
+                self._on_write = None
+                callback()
+
+    def wait_read(self, callback):
+        self.readable = False
+        self._on_read = callback
+
+    def wait_write(self, callback):
+        self.writable = False
+        self._on_write = callback
+
+    def short_read(self):
+        self.readable = False
+
+    def cancel(self):
+        self._on_read = self._on_write = None
+
+    def remove(self):
+        self.cancel()
+        self._poller.remove(self.fd)
+
+    def forget(self):
+        self.cancel()
+        self._poller.forget(self.fd)
 
 
 def _grow_pipe(write_end):

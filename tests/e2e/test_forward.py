@@ -116,6 +116,25 @@ def test_keep_alive_with_each_request_decided_on_its_own(start_proxy, http_origi
     assert [record["allow"] for record in decisions] == [True, False, True, True, True, True]
 
 
+def test_a_kept_alive_connection_can_go_on_with_a_tunnel(start_proxy, http_origin, echo):
+    """The client socket waited for heads on the proxy's poller; the tunnel's relay takes it from there."""
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(request(f"http://{ORIGIN}/hello"))
+            assert read_response(sock)[1] == b"hello from the origin"
+        time.sleep(0.1)  # the proxy is now waiting for the next head
+        sock.sendall(f"CONNECT {ORIGIN}:7 HTTP/1.1\r\n\r\n".encode())
+        head, rest = read_head(sock)
+        assert head.status == 200 and rest == b""
+        sock.sendall(b"through the tunnel")
+        assert sock.recv(100) == b"through the tunnel"
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b"<EOF>"  # the echo origin saw the half-close
+    closes = proxy.records("CANONICAL-PROXY-CN-CLOSE", wait_for=1)
+    assert closes[0]["bytes_out"] == len(b"through the tunnel")
+
+
 def test_pipelined_requests_are_answered_in_order(start_proxy, http_origin):
     proxy = start_proxy()
     with socket.create_connection(proxy.address, timeout=10) as sock:

@@ -92,7 +92,7 @@ def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
-                        "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "poller_for"}
+                        "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -104,7 +104,9 @@ def test_type_stubs_describe_both_implementations(impl):
         "BufferedRelay": impl.BufferedRelay(loop, lambda relay: None),
         "IdSource": impl.IdSource(),
         "EdgePoller": impl.poller_for(loop),
+        "EdgeWatch": impl.EdgeWatch(impl.poller_for(loop), client.fileno()),
     }
+    samples["EdgeWatch"].forget()
     samples["SpliceRelay"].close()
     loop.close()
     for name, members in api.items():

@@ -10,14 +10,25 @@ from fastfog.pool import UpstreamPool
 pytestmark = pytest.mark.netns
 
 
+class Watch:
+    """Stands in for the EdgeWatch that goes with a pooled socket."""
+
+    forgotten = False
+
+    def forget(self):
+        self.forgotten = True
+
+
 def test_take_returns_what_was_given_for_that_address_only():
     pool = UpstreamPool()
     mine, server = tcp_pair()
-    pool.give("203.0.113.10", 80, mine, ("local", "remote"))
+    watch = Watch()
+    pool.give("203.0.113.10", 80, mine, watch, ("local", "remote"))
     assert pool.take("203.0.113.10", 8080) is None
     assert pool.take("203.0.113.11", 80) is None
-    assert pool.take("203.0.113.10", 80) == (mine, ("local", "remote"))
+    assert pool.take("203.0.113.10", 80) == (mine, watch, ("local", "remote"))
     assert pool.take("203.0.113.10", 80) is None
+    assert not watch.forgotten
     mine.close()
     server.close()
 
@@ -25,12 +36,15 @@ def test_take_returns_what_was_given_for_that_address_only():
 def test_bounds_per_host_and_in_total():
     pool = UpstreamPool(max_idle=3, max_idle_per_host=2)
     pairs = [tcp_pair() for _ in range(5)]
+    watches = [Watch() for _ in pairs]
     for index, (mine, _) in enumerate(pairs):
-        pool.give("203.0.113.10" if index < 3 else "203.0.113.11", 80, mine)
+        pool.give("203.0.113.10" if index < 3 else "203.0.113.11", 80, mine, watches[index])
     assert len(pool) == 3  # two for the first host (the third was closed), one for the second
     assert pairs[2][0].fileno() == -1 and pairs[4][0].fileno() == -1
+    assert [watch.forgotten for watch in watches] == [False, False, True, False, True]
     pool.close()
     assert len(pool) == 0 and pairs[0][0].fileno() == -1
+    assert all(watch.forgotten for watch in watches)  # closed sockets leave the poller's table
     for _, server in pairs:
         server.close()
 
