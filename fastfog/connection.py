@@ -30,6 +30,7 @@ from fastfog.acl import (
     parse_upstream_proxy,
 )
 from fastfog.classify import canonical_host
+from fastfog.deadline import Deadline
 from fastfog.dns import ResolveError
 from fastfog.forward import header_value
 from fastfog.hotpaths import EdgeWatch, HeadError, parse_request_head
@@ -98,8 +99,8 @@ def guarded(step):
 class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
-    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_timer", "_timeout", "_watch",
-                 "closed", "tls", "peer_certificate", "x509_fields", "exchange")
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "deadline", "_timing", "_timeout",
+                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange")
 
     def __init__(self, proxy, sock, address, peer_certificate=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
@@ -114,7 +115,8 @@ class ClientConnection:
         self.peer_certificate = peer_certificate
         self.x509_fields = x509_fields(peer_certificate)
         self.buffer = bytearray()
-        self._timer = None
+        self.deadline = Deadline(self.loop)  # the head's, then the exchange's phases (exchange.py)
+        self._timing = False  # the wait for this head is timed already
         self._timeout = 0.0
         self._watch = None  # made at the first wait: most CONNECT clients never wait for a head
         self.closed = False
@@ -201,19 +203,20 @@ class ClientConnection:
 
     def _wait(self):
         self.watch().wait_read(self._on_readable)
-        if self._timeout and self._timer is None:
-            self._timer = self.loop.call_later(self._timeout, self._head_timed_out)
+        if not self._timing:  # once per head: a client trickling bytes does not move it
+            self._timing = True
+            self.deadline.set(self._timeout, self._head_timed_out)
 
     def _head_timed_out(self):
-        self._timer = None
+        self._timing = False
         self.proxy.log.info("client did not finish its request in time",
                             {"inbound_remote_addr": self.peer})
         self.close()
 
     def _stop_waiting(self):
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timing:
+            self._timing = False
+            self.deadline.clear()
         if self._watch is not None:
             self._watch.cancel()
 
@@ -251,6 +254,7 @@ class ClientConnection:
     def detach(self):
         """The socket now belongs to a tunnel: stop tracking it as a connection."""
         self._stop_waiting()
+        self.deadline.cancel()
         self._drop_watch(False)
         self.proxy.connections.discard(self)
 
@@ -258,6 +262,7 @@ class ClientConnection:
         if not self.closed:
             self.closed = True
             self._stop_waiting()
+            self.deadline.cancel()
             self._drop_watch(True)
             self.sock.close()
             self.proxy.connections.discard(self)

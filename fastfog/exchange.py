@@ -43,8 +43,7 @@ def take(body, buffer):
 class Exchange:
     """A request and its response between a client connection and an upstream socket."""
 
-    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_client_watch", "_timer",
-                 "_phase", "_upward", "_source", "_destination", "_source_watch", "_destination_watch", "_buffer",
+    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_client_watch", "_phase", "_upward", "_source", "_destination", "_source_watch", "_destination_watch", "_buffer",
                  "_body", "_pending", "_then", "_response", "_keep_alive", "_sent_up", "_answered", "_interim",
                  "_ended")
 
@@ -54,7 +53,6 @@ class Exchange:
         self.proxy, self.conn, self.head, self.fields, self.upstream = proxy, conn, head, fields, upstream
         self.started, self.stale = started, stale
         self._client_watch = conn.watch()
-        self._timer = None
         self._phase = ""
         self._response = None
         self._keep_alive = False
@@ -257,27 +255,20 @@ class Exchange:
     # --- endings ---------------------------------------------------------------------------
 
     def _arm(self, seconds, phase):
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._phase = phase
-        if seconds:
-            self._timer = self.proxy.loop.call_later(seconds, self._timed_out)
+        self.conn.deadline.set(seconds, self._timed_out)
 
     def _end(self):
         """Stop waiting and timing, stop counting against the limits; the caller says what is next."""
         self._ended = True
         self._client_watch.cancel()
         self.upstream.watch.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.conn.deadline.clear()
         self.proxy.limits.release(self.upstream.role)
         self.proxy.exchanges.discard(self)
         self.conn.exchange = None
 
     def _timed_out(self):
-        self._timer = None
         self.proxy.log.warning("forwarded request timed out", {**self.fields, "error": f"{self._phase} took too long"})
         self.abort()
 
