@@ -75,6 +75,7 @@ cdef char relay_scratch[RELAY_COPY_CHUNK]
 cdef unsigned int RELAY_FLAGS = SPLICE_F_NONBLOCK | SPLICE_F_MOVE
 cdef uint32_t READ_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
 cdef uint32_t WRITE_EVENTS = EPOLLOUT | EPOLLHUP | EPOLLERR
+cdef uint32_t HANGUP_EVENTS = EPOLLRDHUP | EPOLLHUP | EPOLLERR
 cdef bytes LINGER_RESET = _struct.pack("ii", 1, 0)
 
 
@@ -157,6 +158,7 @@ cdef class EdgeWatch:
     cdef readonly int fd
     cdef public bint readable
     cdef public bint writable
+    cdef bint _hung_up
     cdef object _on_read
     cdef object _on_write
 
@@ -169,6 +171,8 @@ cdef class EdgeWatch:
         self.edge(mask)
 
     cdef edge(self, uint32_t mask):
+        if mask & HANGUP_EVENTS:
+            self._hung_up = True
         if mask & READ_EVENTS:
             self.readable = True
             callback = self._on_read
@@ -191,7 +195,8 @@ cdef class EdgeWatch:
         self._on_write = callback
 
     cpdef short_read(self):
-        self.readable = False
+        if not self._hung_up:
+            self.readable = False
 
     cpdef cancel(self):
         self._on_read = self._on_write = None

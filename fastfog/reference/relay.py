@@ -50,6 +50,7 @@ COPY_CHUNK = 64 << 10
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+_HANGUP_EVENTS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 POLLER_BATCH = 128
 
 
@@ -106,22 +107,27 @@ class EdgeWatch:
     shorter than asked (``short_read()``), a send that took only part (then ``wait_write``).
     Nothing is missed by believing them, because the kernel signals every later arrival and
     every freed space with a new edge; so a drained socket is never asked again just to hear
-    EAGAIN. A new watch believes both, so its owner tries first.
+    EAGAIN. The one exception is the end of the stream: it may have come with the bytes a
+    short read took, and no edge follows it, so once an edge has said the peer hung up a short
+    read no longer counts. A new watch believes both, so its owner tries first.
 
     ``wait_read(callback)`` and ``wait_write(callback)`` call back once, at the next such edge
     (a hang-up or an error wakes both); ``cancel()`` drops what waits; ``remove()`` hands the
     socket to something that does not use the poller, ``forget()`` comes before closing it.
     """
 
-    __slots__ = ("_poller", "fd", "readable", "writable", "_on_read", "_on_write")
+    __slots__ = ("_poller", "fd", "readable", "writable", "_hung_up", "_on_read", "_on_write")
 
     def __init__(self, poller, fd):
         self._poller, self.fd = poller, fd
         self.readable = self.writable = True
+        self._hung_up = False
         self._on_read = self._on_write = None
         poller.add(fd, self)
 
     def on_events(self, fd, mask):
+        if mask & _HANGUP_EVENTS:
+            self._hung_up = True
         if mask & _READ_EVENTS:
             self.readable = True
             callback = self._on_read
@@ -144,7 +150,8 @@ class EdgeWatch:
         self._on_write = callback
 
     def short_read(self):
-        self.readable = False
+        if not self._hung_up:
+            self.readable = False
 
     def cancel(self):
         self._on_read = self._on_write = None

@@ -201,6 +201,16 @@ def test_close_delimited_response_closes_the_client_connection(start_proxy, http
         assert (head.status, body, headers_of(head)["connection"]) == (200, b"until the end", "close")
 
 
+def test_a_client_that_half_closes_after_its_request_gets_the_response_then_the_close(start_proxy, http_origin):
+    proxy = start_proxy()
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(request(f"http://{ORIGIN}/hello"))
+        sock.shutdown(socket.SHUT_WR)
+        head, body = read_response(sock)
+        assert (head.status, body) == (200, b"hello from the origin")
+        assert sock.recv(100) == b""  # its end of stream came with the request: seen, not waited for
+
+
 def test_http10_keep_alive(start_proxy, http_origin):
     proxy = start_proxy()
     with socket.create_connection(proxy.address, timeout=10) as sock:

@@ -76,6 +76,31 @@ def test_a_read_wait_is_called_back_once_at_the_next_arrival(impl):
     run(scenario)
 
 
+def test_an_end_of_stream_that_came_with_the_last_bytes_is_not_lost(impl):
+    """The peer sends and hangs up at once: one edge announces both, and a short read of the
+    bytes must not make the watch wait for an edge that will never come."""
+    async def scenario(loop):
+        mine, theirs = tcp_pair()
+        watch = impl.EdgeWatch(impl.poller_for(loop), mine.fileno())
+        with pytest.raises(BlockingIOError):
+            mine.recv(100)
+        callback, future, _ = waiter(loop)
+        watch.wait_read(callback)
+        theirs.send(b"last words")
+        theirs.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.05)  # both have arrived before the edge is handled
+        await called(future)
+        assert mine.recv(100) == b"last words"
+        watch.short_read()
+        assert watch.readable  # the end of the stream is still to be read
+        assert mine.recv(100) == b""
+        watch.forget()
+        mine.close()
+        theirs.close()
+
+    run(scenario)
+
+
 def test_a_write_wait_is_called_back_when_a_full_socket_drains(impl):
     async def scenario(loop):
         mine, theirs = tcp_pair()
