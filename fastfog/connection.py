@@ -620,10 +620,12 @@ class Opening:
     def _dialed(self):
         if self._timer is not None:
             self._timer.cancel()
+        # Only an edge that said error or hang-up can carry a failed connect: ask for it then.
+        error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if self.watch.hung_up else 0
         if self.connect:  # a tunnel's relay registers the socket its own way
             self.watch.remove()
             self.watch = None
-        self._dial_ended(self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        self._dial_ended(error)
 
     def _dial_ended(self, error, pooled_names=None):
         """``pooled_names``: the names of a pooled connection taken instead of dialing."""

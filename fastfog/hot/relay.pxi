@@ -158,7 +158,7 @@ cdef class EdgeWatch:
     cdef readonly int fd
     cdef public bint readable
     cdef public bint writable
-    cdef bint _hung_up
+    cdef readonly bint hung_up
     cdef object _on_read
     cdef object _on_write
 
@@ -172,7 +172,7 @@ cdef class EdgeWatch:
 
     cdef edge(self, uint32_t mask):
         if mask & HANGUP_EVENTS:
-            self._hung_up = True
+            self.hung_up = True
         if mask & READ_EVENTS:
             self.readable = True
             callback = self._on_read
@@ -195,7 +195,7 @@ cdef class EdgeWatch:
         self._on_write = callback
 
     cpdef short_read(self):
-        if not self._hung_up:
+        if not self.hung_up:
             self.readable = False
 
     cpdef cancel(self):

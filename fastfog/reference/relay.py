@@ -112,22 +112,22 @@ class EdgeWatch:
     read no longer counts. A new watch believes both, so its owner tries first.
 
     ``wait_read(callback)`` and ``wait_write(callback)`` call back once, at the next such edge
-    (a hang-up or an error wakes both); ``cancel()`` drops what waits; ``remove()`` hands the
+    (a hang-up or an error wakes both, and sets ``hung_up`` for good); ``cancel()`` drops what waits; ``remove()`` hands the
     socket to something that does not use the poller, ``forget()`` comes before closing it.
     """
 
-    __slots__ = ("_poller", "fd", "readable", "writable", "_hung_up", "_on_read", "_on_write")
+    __slots__ = ("_poller", "fd", "readable", "writable", "hung_up", "_on_read", "_on_write")
 
     def __init__(self, poller, fd):
         self._poller, self.fd = poller, fd
         self.readable = self.writable = True
-        self._hung_up = False
+        self.hung_up = False
         self._on_read = self._on_write = None
         poller.add(fd, self)
 
     def on_events(self, fd, mask):
         if mask & _HANGUP_EVENTS:
-            self._hung_up = True
+            self.hung_up = True
         if mask & _READ_EVENTS:
             self.readable = True
             callback = self._on_read
@@ -150,7 +150,7 @@ class EdgeWatch:
         self._on_write = callback
 
     def short_read(self):
-        if not self._hung_up:
+        if not self.hung_up:
             self.readable = False
 
     def cancel(self):

@@ -2,6 +2,7 @@
 TCP sockets on loopback; and the loop-registration twin used for TLS sockets (LevelWatch)."""
 
 import asyncio
+import errno
 import socket
 import struct
 
@@ -97,6 +98,30 @@ def test_an_end_of_stream_that_came_with_the_last_bytes_is_not_lost(impl):
         watch.forget()
         mine.close()
         theirs.close()
+
+    run(scenario)
+
+
+def test_a_connect_ends_in_one_edge_that_tells_success_from_failure(impl):
+    """The dial trusts ``hung_up``: only a failed connect's edge sets it (then SO_ERROR says why)."""
+    async def scenario(loop):
+        listening = socket.create_server(("127.0.0.1", 0))
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connect to it is refused
+        outcomes = []
+        for target in (listening.getsockname(), closed.getsockname()):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            assert sock.connect_ex(target) == errno.EINPROGRESS
+            watch = impl.EdgeWatch(impl.poller_for(loop), sock.fileno())
+            callback, future, _ = waiter(loop)
+            watch.wait_write(callback)
+            await called(future)
+            outcomes.append((watch.hung_up, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+            watch.forget()
+            sock.close()
+        assert outcomes == [(False, 0), (True, errno.ECONNREFUSED)]
+        listening.close()
+        closed.close()
 
     run(scenario)
 
