@@ -3,7 +3,6 @@
 # growing C buffer: no intermediate strings, no per-value Python calls for the
 # str, int, bool and None values that make up nearly every record.
 
-from cpython.dict cimport PyDict_Copy, PyDict_SetItem
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite, isnan, nearbyint
 from libc.time cimport time_t, tm
@@ -122,27 +121,46 @@ cdef int _put_value(_Out* out, object value) except -1:
     return _put(out, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
 
 
+# The keys of a record in the order it is written, by the order its dict was built in: the
+# same few record shapes come again and again, and sorting their keys anew each time would
+# cost more than writing them. Each key comes with where its value is: 0 in the fields, or
+# 1-3 the record's own level, msg and time (which win over fields of the same names).
+# Bounded: past the bound, shapes are sorted each time.
+cdef dict _key_orders = {}
+cdef int KEY_ORDERS_MAX = 256
+cdef dict _OWN_KEYS = {"level": 1, "msg": 2, "time": 3}
+
+
+cdef tuple _key_order(dict fields):
+    cdef tuple shape = tuple(fields)
+    cdef tuple order = _key_orders.get(shape)
+    if order is None:
+        order = tuple([(key, _OWN_KEYS.get(key, 0)) for key in sorted(_OWN_KEYS.keys() | set(shape))])
+        if len(_key_orders) < KEY_ORDERS_MAX:
+            _key_orders[shape] = order
+    return order
+
+
 def json_line(dict fields, str level, str msg, str time):
-    cdef dict record = PyDict_Copy(fields)
     cdef _Out out
-    cdef list keys
-    PyDict_SetItem(record, "level", level)
-    PyDict_SetItem(record, "msg", msg)
-    PyDict_SetItem(record, "time", time)
-    keys = list(record)
-    keys.sort()
+    cdef bint first = True
+    cdef int source
     out.length, out.capacity = 0, 512
     out.data = <char*>PyMem_Malloc(out.capacity)
     if out.data == NULL:
         raise MemoryError()
     try:
         _put(&out, b"{", 1)
-        for index, key in enumerate(keys):
-            if index:
+        for key, source in _key_order(fields):
+            if not first:
                 _put(&out, b",", 1)
+            first = False
             _put_str(&out, key)
             _put(&out, b":", 1)
-            _put_value(&out, record[key])
+            if source == 0:
+                _put_value(&out, fields[key])
+            else:
+                _put_str(&out, level if source == 1 else msg if source == 2 else time)
         _put(&out, b"}\n", 2)
         return PyBytes_FromStringAndSize(out.data, out.length)
     finally:

@@ -46,6 +46,19 @@ def test_core_writes_the_same_bytes_as_the_reference(fields, level, msg):
     assert core.json_line(fields, level, msg, TIME) == reference.json_line(fields, level, msg, TIME)
 
 
+@needs_core
+def test_records_of_one_shape_and_fields_named_like_the_records_own_keys():
+    """The core remembers each shape's key order: the same shape with other values, and fields
+    called level, msg or time (the record's own win), still come out as the reference writes them."""
+    core = IMPLEMENTATIONS["core"]
+    for fields in ({"b": 1, "a": "x"}, {"b": "y", "a": 2.5}, {"a": None, "b": True},
+                   {"time": "t0", "msg": "m0", "level": "l0", "z": 1}, {"msg": "only"}):
+        for _ in range(2):
+            assert core.json_line(fields, "info", "m", TIME) == reference.json_line(fields, "info", "m", TIME)
+    assert core.json_line({"msg": "field", "level": "field"}, "warning", "mine", TIME) == (
+        b'{"level":"warning","msg":"mine","time":"2026-11-22T00:00:00.5Z"}\n')
+
+
 @given(records, st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
 def test_lines_parse_back_to_the_record(fields, msg):
     for impl in IMPLEMENTATIONS.values():
