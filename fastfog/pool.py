@@ -9,8 +9,10 @@ left it clean (a known length or chunked body, no ``Connection: close``).
 Bounded like Go's transport, which Smokescreen's ``transport_max_idle_conns``
 and ``transport_max_idle_conns_per_host`` configure (0 means the default
 here); an idle connection is dropped after ``idle_timeout`` (90 s when that is
-0, as Go's transport) or when the server has closed it, which is noticed when
-it is taken.
+0, as Go's transport), noticed when it is taken. One the server closes (or
+sends anything to) while idle is dropped as soon as its watch says so, as Go's
+transport does: it neither lingers half-closed nor holds a file descriptor;
+and a last look when it is taken catches what arrived since.
 """
 
 import socket
@@ -19,6 +21,26 @@ import time
 DEFAULT_MAX_IDLE = 100
 DEFAULT_MAX_IDLE_PER_HOST = 100
 DEFAULT_IDLE_SECONDS = 90.0
+
+
+class _Idle:
+    """A pooled connection: its socket, its watch (an EdgeWatch, or None), the names its owner
+    wants back, and since when it has been idle."""
+
+    __slots__ = ("pool", "key", "sock", "watch", "names", "since")
+
+    def __init__(self, pool, key, sock, watch, names):
+        self.pool, self.key, self.sock, self.watch, self.names = pool, key, sock, watch, names
+        self.since = time.monotonic()
+
+    def server_spoke(self):
+        """Bytes or the end of the stream while idle: the connection can serve no request."""
+        self.pool._drop(self)
+
+    def close(self):
+        if self.watch is not None:
+            self.watch.forget()
+        self.sock.close()
 
 
 class UpstreamPool:
@@ -39,36 +61,44 @@ class UpstreamPool:
         stack = self._idle.get((address, port))
         now = time.monotonic()
         while stack:
-            sock, watch, names, since = stack.pop()
+            idle = stack.pop()
             self._count -= 1
-            if now - since < self.idle_seconds and _still_open(sock):
-                return sock, watch, names
-            _close(sock, watch)
+            if idle.watch is not None:
+                idle.watch.cancel()
+            if now - idle.since < self.idle_seconds and _still_open(idle.sock):
+                return idle.sock, idle.watch, idle.names
+            idle.close()
         return None
 
     def give(self, address, port, sock, watch=None, names=None):
         """Keep ``sock`` for reuse, or close it when the pool is full. ``watch``: its readiness (an
-        EdgeWatch, kept registered: forgotten when the socket closes here); ``names``: what the caller
-        wants back with it (its local and remote address texts, which do not change)."""
-        stack = self._idle.setdefault((address, port), [])
+        EdgeWatch, kept registered: it tells when the server closes the connection, and is
+        forgotten when the socket closes here); ``names``: what the caller wants back with it
+        (its local and remote address texts, which do not change)."""
+        key = (address, port)
+        stack = self._idle.setdefault(key, [])
+        idle = _Idle(self, key, sock, watch, names)
         if len(stack) >= self.max_idle_per_host or self._count >= self.max_idle:
-            _close(sock, watch)
+            idle.close()
             return
-        stack.append((sock, watch, names, time.monotonic()))
+        stack.append(idle)
         self._count += 1
+        if watch is not None:
+            watch.wait_read(idle.server_spoke)
+
+    def _drop(self, idle):
+        stack = self._idle.get(idle.key)
+        if stack is not None and idle in stack:
+            stack.remove(idle)
+            self._count -= 1
+        idle.close()
 
     def close(self):
         for stack in self._idle.values():
-            for sock, watch, _, _ in stack:
-                _close(sock, watch)
+            for idle in stack:
+                idle.close()
         self._idle.clear()
         self._count = 0
-
-
-def _close(sock, watch):
-    if watch is not None:
-        watch.forget()
-    sock.close()
 
 
 def _still_open(sock):

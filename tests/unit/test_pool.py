@@ -1,8 +1,10 @@
 """The idle upstream connection pool: bounds, expiry, and connections the server closed."""
 
+import asyncio
 import time
 
 import pytest
+import uvloop
 from support import tcp_pair
 
 from fastfog.pool import UpstreamPool
@@ -14,6 +16,13 @@ class Watch:
     """Stands in for the EdgeWatch that goes with a pooled socket."""
 
     forgotten = False
+    waiting = None
+
+    def wait_read(self, callback):
+        self.waiting = callback
+
+    def cancel(self):
+        self.waiting = None
 
     def forget(self):
         self.forgotten = True
@@ -26,9 +35,10 @@ def test_take_returns_what_was_given_for_that_address_only():
     pool.give("203.0.113.10", 80, mine, watch, ("local", "remote"))
     assert pool.take("203.0.113.10", 8080) is None
     assert pool.take("203.0.113.11", 80) is None
+    assert watch.waiting is not None  # idle: the pool listens for the server closing it
     assert pool.take("203.0.113.10", 80) == (mine, watch, ("local", "remote"))
     assert pool.take("203.0.113.10", 80) is None
-    assert not watch.forgotten
+    assert not watch.forgotten and watch.waiting is None
     mine.close()
     server.close()
 
@@ -70,3 +80,29 @@ def test_idle_connections_expire():
     time.sleep(0.1)
     assert pool.take("203.0.113.10", 80) is None and mine.fileno() == -1
     server.close()
+
+
+def test_a_connection_the_server_closes_while_idle_is_dropped_at_once(impl):
+    """Not when it is next taken: no connection lingers half-closed in the pool, holding a descriptor."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        poller = impl.poller_for(loop)
+        pool = UpstreamPool()
+        pairs = [tcp_pair() for _ in range(3)]
+        for mine, _ in pairs:
+            pool.give("203.0.113.10", 80, mine, impl.EdgeWatch(poller, mine.fileno()))
+        pairs[1][1].close()  # the server closes the middle one
+        pairs[2][1].send(b"stray")  # and sends stray bytes on the newest
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(pool) == 1:
+                break
+        assert len(pool) == 1 and pairs[1][0].fileno() == -1 and pairs[2][0].fileno() == -1
+        sock, watch, _ = pool.take("203.0.113.10", 80)
+        assert sock is pairs[0][0]
+        watch.forget()
+        sock.close()
+        for _, server in pairs:
+            server.close()
+
+    uvloop.run(asyncio.wait_for(scenario(), 10))
