@@ -532,8 +532,7 @@ class Opening:
         self._answer(self.proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, status, message,
                                         self.close))
 
-    @guarded
-    def _resolved(self, addresses):
+    def _resolved(self, addresses):  # called by start and _lookup_done, which contain errors
         proxy = self.proxy
         self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
         if self.conn.closed:

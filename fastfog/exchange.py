@@ -92,7 +92,6 @@ class Exchange:
 
     # --- the response ------------------------------------------------------------------------
 
-    @guarded
     def _read_response(self):
         """Read the next response head; pass interim 1xx heads on; then stream the final response."""
         upstream, watch, buffer = self.upstream.sock, self.upstream.watch, self._buffer
@@ -106,12 +105,12 @@ class Exchange:
                 if head is not None:
                     break
             if not watch.readable:
-                watch.wait_read(self._read_response)
+                watch.wait_read(self._response_ready)
                 return
             try:
                 data = upstream.recv(READ_SIZE)
             except BlockingIOError:
-                watch.wait_read(self._read_response)
+                watch.wait_read(self._response_ready)
                 return
             except ConnectionResetError:
                 data = b""
@@ -152,6 +151,10 @@ class Exchange:
             return
         self._move(False, buffer, body, first, self._response_sent)
 
+    # What the loop calls when the upstream has bytes: an unexpected error ends only this exchange
+    # (see connection.guarded). Steps already inside such an entry call _read_response itself.
+    _response_ready = guarded(_read_response)
+
     def _response_sent(self):
         proxy, upstream, response, fields = self.proxy, self.upstream, self._response, self.fields
         reusable = (self.head.version != "1.0" and response.keep_alive and not self._buffer
@@ -185,7 +188,6 @@ class Exchange:
         self._buffer, self._body, self._pending, self._then = buffer, body, first, then
         self._pump()
 
-    @guarded
     def _pump(self):
         source, destination, buffer, body = self._source, self._destination, self._buffer, self._body
         upward = self._upward
@@ -193,12 +195,12 @@ class Exchange:
             pending = self._pending
             if pending:
                 if not self._destination_watch.writable:
-                    self._destination_watch.wait_write(self._pump)
+                    self._destination_watch.wait_write(self._pump_ready)
                     return
                 try:
                     sent = destination.send(pending)
                 except BlockingIOError:
-                    self._destination_watch.wait_write(self._pump)
+                    self._destination_watch.wait_write(self._pump_ready)
                     return
                 except OSError as err:
                     self._send_failed(upward, err)
@@ -209,7 +211,7 @@ class Exchange:
                     self._answered = True
                 if sent < len(pending):  # the socket is full: wait for room
                     self._pending = memoryview(pending)[sent:]
-                    self._destination_watch.wait_write(self._pump)
+                    self._destination_watch.wait_write(self._pump_ready)
                     return
                 self._pending = None
             if body.done:
@@ -217,12 +219,12 @@ class Exchange:
                 return
             watch = self._source_watch
             if not watch.readable:
-                watch.wait_read(self._pump)
+                watch.wait_read(self._pump_ready)
                 return
             try:
                 data = source.recv(READ_SIZE)
             except BlockingIOError:
-                watch.wait_read(self._pump)
+                watch.wait_read(self._pump_ready)
                 return
             except OSError:
                 data = b""
@@ -251,6 +253,8 @@ class Exchange:
                 else:
                     self._broken(str(err))
                 return
+
+    _pump_ready = guarded(_pump)  # the loop's entry, as _response_ready
 
     # --- endings ---------------------------------------------------------------------------
 
