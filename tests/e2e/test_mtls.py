@@ -181,6 +181,25 @@ def test_forwarded_http_inside_tls_with_keep_alive(mtls_proxy, pki, http_origin)
     assert [record["proxy_type"] for record in decisions] == ["http"] * 3
 
 
+def test_large_forwarded_bodies_both_ways_inside_tls(mtls_proxy, pki, http_origin):
+    """A TLS client's socket waits through the loop's own registrations (decrypted bytes come
+    with no edge): megabytes each way, with the buffers full in between, then the next request."""
+    proxy = mtls_proxy()
+    large = os.urandom(3 << 20)
+    with tls_connect(proxy, pki, "enforce") as sock:
+        sock.sendall(b"PUT http://origin.test/echo HTTP/1.1\r\nHost: origin.test\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(large) + large)
+        head, body = read_head(sock)
+        while len(body) < head.content_length:
+            body += sock.recv(1 << 20)
+        assert head.status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(large).digest()
+        sock.sendall(b"GET http://origin.test/hello HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        head, body = read_head(sock)
+        while len(body) < head.content_length:
+            body += sock.recv(65536)
+        assert (head.status, body) == (200, b"hello from the origin")
+
+
 def inner_tls(outer, context, server_hostname):
     """TLS inside an already-TLS socket, driven by hand over memory BIOs; (send, recv) functions."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
