@@ -43,9 +43,9 @@ def take(body, buffer):
 class Exchange:
     """A request and its response between a client connection and an upstream socket."""
 
-    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_client_watch", "_phase", "_upward", "_source", "_destination", "_source_watch", "_destination_watch", "_buffer",
-                 "_body", "_pending", "_then", "_response", "_keep_alive", "_sent_up", "_answered", "_interim",
-                 "_ended")
+    __slots__ = ("proxy", "conn", "head", "fields", "upstream", "started", "stale", "_client_watch", "_phase",
+                 "_upward", "_source", "_destination", "_source_watch", "_destination_watch", "_buffer", "_body",
+                 "_pending", "_then", "_response", "_keep_alive", "_sent_up", "_answered", "_interim", "_ended")
 
     def __init__(self, proxy, conn, head, fields, upstream, started, stale):
         """``upstream``: a connection.Upstream; ``started``: the request's time.time();
@@ -209,10 +209,9 @@ class Exchange:
                     self._sent_up = True
                 else:
                     self._answered = True
-                if sent < len(pending):  # the socket is full: wait for room
+                if sent < len(pending):  # full, or a TLS socket that took one record: try again
                     self._pending = memoryview(pending)[sent:]
-                    self._destination_watch.wait_write(self._pump_ready)
-                    return
+                    continue
                 self._pending = None
             if body.done:
                 self._then()
