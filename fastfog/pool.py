@@ -78,7 +78,8 @@ class UpstreamPool:
         key = (address, port)
         stack = self._idle.setdefault(key, [])
         idle = _Idle(self, key, sock, watch, names)
-        if len(stack) >= self.max_idle_per_host or self._count >= self.max_idle:
+        full = len(stack) >= self.max_idle_per_host or self._count >= self.max_idle
+        if full or (watch is not None and watch.hung_up):  # the server already said it is closing
             idle.close()
             return
         stack.append(idle)

@@ -103,17 +103,18 @@ class EdgeWatch:
     """One plain socket's readiness from ``poller``'s edges, for a step driven by callbacks.
 
     Registered once, for as long as the socket stays with its owners. ``readable`` and
-    ``writable`` remember an edge until a system call says there is no more: EAGAIN, a read
-    shorter than asked (``short_read()``), a send that took only part (then ``wait_write``).
-    Nothing is missed by believing them, because the kernel signals every later arrival and
-    every freed space with a new edge; so a drained socket is never asked again just to hear
-    EAGAIN. The one exception is the end of the stream: it may have come with the bytes a
-    short read took, and no edge follows it, so once an edge has said the peer hung up a short
-    read no longer counts. A new watch believes both, so its owner tries first.
+    ``writable`` remember an edge until a system call says there is no more: EAGAIN, or a
+    read shorter than asked (``short_read()``). Nothing is missed by believing them, because
+    the kernel signals every later arrival and every freed space with a new edge; so a drained
+    socket is never asked again just to hear EAGAIN. The one exception is the end of the
+    stream: it may have come with the bytes a short read took, and no edge follows it, so once
+    an edge has said the peer hung up a short read no longer counts. A new watch believes
+    both, so its owner tries first.
 
     ``wait_read(callback)`` and ``wait_write(callback)`` call back once, at the next such edge
-    (a hang-up or an error wakes both, and sets ``hung_up`` for good); ``cancel()`` drops what waits; ``remove()`` hands the
-    socket to something that does not use the poller, ``forget()`` comes before closing it.
+    (a hang-up or an error wakes both, and sets ``hung_up`` for good); ``cancel()`` drops what
+    waits; ``remove()`` hands the socket to something that does not use the poller, and
+    ``forget()`` comes before closing it.
     """
 
     __slots__ = ("_poller", "fd", "readable", "writable", "hung_up", "_on_read", "_on_write")

@@ -17,6 +17,7 @@ class Watch:
 
     forgotten = False
     waiting = None
+    hung_up = False
 
     def wait_read(self, callback):
         self.waiting = callback
@@ -91,6 +92,12 @@ def test_a_connection_the_server_closes_while_idle_is_dropped_at_once(impl):
         pairs = [tcp_pair() for _ in range(3)]
         for mine, _ in pairs:
             pool.give("203.0.113.10", 80, mine, impl.EdgeWatch(poller, mine.fileno()))
+        closing_mine, closing_server = tcp_pair()
+        closing_watch = impl.EdgeWatch(poller, closing_mine.fileno())
+        closing_server.close()  # closed while its response was read: never pooled
+        await asyncio.sleep(0.05)
+        pool.give("203.0.113.10", 80, closing_mine, closing_watch)
+        assert len(pool) == 3 and closing_mine.fileno() == -1
         pairs[1][1].close()  # the server closes the middle one
         pairs[2][1].send(b"stray")  # and sends stray bytes on the newest
         for _ in range(100):
