@@ -164,7 +164,6 @@ class ClientConnection:
     @guarded
     def _advance(self, parse):
         """Parse the buffer when a line may have ended; read what is waiting; else wait."""
-        watch = self._watch
         try:
             while True:
                 if parse:
@@ -174,12 +173,15 @@ class ClientConnection:
                         del self.buffer[:head.head_end]
                         self.proxy.request(self, head)
                         return
-                if watch is not None and not watch.readable:
-                    self._wait()
-                    return
-                try:
-                    data = self.sock.recv(READ_SIZE)
-                except BlockingIOError:
+                watch = self._watch
+                if watch is not None:
+                    data = watch.receive(self.sock, READ_SIZE, self._on_readable)
+                else:  # no wait yet: most connections never need one
+                    try:
+                        data = self.sock.recv(READ_SIZE)
+                    except BlockingIOError:
+                        data = None
+                if data is None:
                     self._wait()
                     return
                 if not data:
@@ -187,8 +189,6 @@ class ClientConnection:
                         raise HeadError("connection closed in the middle of a request head")
                     self.close()
                     return
-                if watch is not None and len(data) < READ_SIZE:
-                    watch.short_read()
                 self.buffer += data
                 # Heads are re-parsed only when a line has ended: a client trickling bytes
                 # costs one parse per line, never one per byte.

@@ -104,18 +104,14 @@ class Exchange:
                     return
                 if head is not None:
                     break
-            if not watch.readable:
-                watch.wait_read(self._response_ready)
-                return
             try:
-                data = upstream.recv(READ_SIZE)
-            except BlockingIOError:
-                watch.wait_read(self._response_ready)
-                return
+                data = watch.receive(upstream, READ_SIZE, self._response_ready)
             except ConnectionResetError:
                 data = b""
             except OSError as err:
                 self._broken(err.strerror or str(err))
+                return
+            if data is None:  # the watch calls back when more comes
                 return
             if not data:
                 if buffer:
@@ -125,8 +121,6 @@ class Exchange:
                 else:
                     self._no_response()
                 return
-            if len(data) < READ_SIZE:
-                watch.short_read()
             buffer += data
         del buffer[:head.head_end]
         request = self.head
@@ -216,19 +210,12 @@ class Exchange:
             if body.done:
                 self._then()
                 return
-            watch = self._source_watch
-            if not watch.readable:
-                watch.wait_read(self._pump_ready)
-                return
             try:
-                data = source.recv(READ_SIZE)
-            except BlockingIOError:
-                watch.wait_read(self._pump_ready)
-                return
+                data = self._source_watch.receive(source, READ_SIZE, self._pump_ready)
             except OSError:
                 data = b""
-            if 0 < len(data) < READ_SIZE:
-                watch.short_read()
+            if data is None:  # the watch calls back when more comes
+                return
             if not data:
                 if isinstance(body, forward.UntilClose):
                     self._then()

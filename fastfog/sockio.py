@@ -75,8 +75,13 @@ class LevelWatch:
             self._writing = True
             self._loop.add_writer(self.fd, self._writable)
 
-    def short_read(self):
-        """Nothing to note: only EAGAIN says a TLS socket has nothing more."""
+    def receive(self, sock, size, callback):
+        """As EdgeWatch.receive; only EAGAIN says a TLS socket has nothing more."""
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            self.wait_read(callback)
+            return None
 
     def _readable(self):
         callback, self._on_read = self._on_read, None

@@ -194,9 +194,18 @@ cdef class EdgeWatch:
         self.writable = False
         self._on_write = callback
 
-    cpdef short_read(self):
-        if not self.hung_up:
+    cpdef receive(self, sock, Py_ssize_t size, callback):
+        if not self.readable:
+            self.wait_read(callback)
+            return None
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            self.wait_read(callback)
+            return None
+        if 0 < len(data) < size and not self.hung_up:
             self.readable = False
+        return data
 
     cpdef cancel(self):
         self._on_read = self._on_write = None

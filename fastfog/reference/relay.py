@@ -104,12 +104,16 @@ class EdgeWatch:
 
     Registered once, for as long as the socket stays with its owners. ``readable`` and
     ``writable`` remember an edge until a system call says there is no more: EAGAIN, or a
-    read shorter than asked (``short_read()``). Nothing is missed by believing them, because
+    read shorter than asked. Nothing is missed by believing them, because
     the kernel signals every later arrival and every freed space with a new edge; so a drained
     socket is never asked again just to hear EAGAIN. The one exception is the end of the
     stream: it may have come with the bytes a short read took, and no edge follows it, so once
     an edge has said the peer hung up a short read no longer counts. A new watch believes
     both, so its owner tries first.
+
+    ``receive(sock, size, callback)`` reads the socket that way: up to ``size`` bytes (b"" at
+    its end), or None when it has none now, ``callback()`` then being due at the next arrival;
+    other errors are the caller's.
 
     ``wait_read(callback)`` and ``wait_write(callback)`` call back once, at the next such edge
     (a hang-up or an error wakes both, and sets ``hung_up`` for good); ``cancel()`` drops what
@@ -150,9 +154,18 @@ class EdgeWatch:
         self.writable = False
         self._on_write = callback
 
-    def short_read(self):
-        if not self.hung_up:
+    def receive(self, sock, size, callback):
+        if not self.readable:
+            self.wait_read(callback)
+            return None
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            self.wait_read(callback)
+            return None
+        if 0 < len(data) < size and not self.hung_up:
             self.readable = False
+        return data
 
     def cancel(self):
         self._on_read = self._on_write = None

@@ -51,25 +51,25 @@ def test_a_read_wait_is_called_back_once_at_the_next_arrival(impl):
         mine, theirs = tcp_pair()
         watch = impl.EdgeWatch(impl.poller_for(loop), mine.fileno())
         assert watch.readable and watch.writable  # a new watch believes both: its owner tries first
-        with pytest.raises(BlockingIOError):
-            mine.recv(100)
         callback, future, calls = waiter(loop)
-        watch.wait_read(callback)
+        assert watch.receive(mine, 100, callback) is None  # EAGAIN: it waits now
         assert not watch.readable
         await asyncio.sleep(0.05)
         assert calls == []  # nothing arrived: no call
         theirs.send(b"first")
         await called(future)
-        assert watch.readable and mine.recv(100) == b"first"
+        assert watch.readable and watch.receive(mine, 100, callback) == b"first"
         theirs.send(b"second")  # nobody waits: the edge is remembered, not lost
         await asyncio.sleep(0.05)
         assert calls == [1] and watch.readable
-        assert mine.recv(100) == b"second"
-        watch.short_read()  # a read shorter than asked: drained, until the next edge says otherwise
-        assert not watch.readable
+        assert watch.receive(mine, 100, callback) == b"second"
+        assert not watch.readable  # a read shorter than asked: drained, until the next edge says otherwise
+        on_third, third_arrived, _ = waiter(loop)
+        assert watch.receive(mine, 100, on_third) is None  # asked while drained: no read, a wait
         theirs.send(b"third")
-        await asyncio.sleep(0.05)
-        assert watch.readable
+        await called(third_arrived)
+        assert watch.receive(mine, 100, on_third) == b"third"
+        assert calls == [1]
         watch.forget()
         mine.close()
         theirs.close()
@@ -83,18 +83,15 @@ def test_an_end_of_stream_that_came_with_the_last_bytes_is_not_lost(impl):
     async def scenario(loop):
         mine, theirs = tcp_pair()
         watch = impl.EdgeWatch(impl.poller_for(loop), mine.fileno())
-        with pytest.raises(BlockingIOError):
-            mine.recv(100)
         callback, future, _ = waiter(loop)
-        watch.wait_read(callback)
+        assert watch.receive(mine, 100, callback) is None
         theirs.send(b"last words")
         theirs.shutdown(socket.SHUT_WR)
         await asyncio.sleep(0.05)  # both have arrived before the edge is handled
         await called(future)
-        assert mine.recv(100) == b"last words"
-        watch.short_read()
+        assert watch.receive(mine, 100, callback) == b"last words"
         assert watch.readable  # the end of the stream is still to be read
-        assert mine.recv(100) == b""
+        assert watch.receive(mine, 100, callback) == b""
         watch.forget()
         mine.close()
         theirs.close()
@@ -232,9 +229,12 @@ def test_the_level_watch_calls_back_once_per_wait_and_leaves_no_registration():
         await called(future)
         await asyncio.sleep(0.05)
         assert calls == [1]  # still readable (unread), but called once per wait
-        watch.short_read()
+        assert watch.receive(mine, 2, callback) == b"da"
         assert watch.readable  # a TLS socket can hold bytes no readiness announces: always try
+        assert watch.receive(mine, 100, callback) == b"ta"
+        assert watch.receive(mine, 100, callback) is None  # EAGAIN: it waits
         watch.cancel()
+        theirs.send(b"more")
         other, other_called, other_calls = waiter(loop)  # the socket's next user registers its own
         loop.add_reader(mine.fileno(), other)
         await called(other_called)
