@@ -52,6 +52,18 @@ DESTINATION_NOT_DETERMINED = Decision(False, reasons.DESTINATION_NOT_DETERMINED,
                                       code=reasons.CODE_DESTINATION_NOT_DETERMINED)
 NO_RULE = Decision(False, reasons.NO_RULE_MATCHED, "deny", enforce_would_deny=True, code=reasons.CODE_NO_RULE)
 AUTH_REQUIRED = Decision(False, "Proxy authentication required", code="auth_required")
+MISSING_PORT = Decision(False, reasons.MISSING_PORT, code=reasons.CODE_BAD_PORT)
+INVALID_PORT = Decision(False, reasons.INVALID_PORT, code=reasons.CODE_BAD_PORT)
+
+
+def port_problem(port):
+    """The deny for a destination port Smokescreen refuses before any rule (none, or past
+    65535), or None. Port 0 is not one: its dial fails (502), as Smokescreen's does."""
+    if port is None:
+        return MISSING_PORT
+    if port > reasons.MAX_PORT:
+        return INVALID_PORT
+    return None
 
 
 class Rule:
@@ -159,18 +171,21 @@ class UpstreamProxy:
     port: int
     username: str | None
     password: str | None
+    tls: bool  # https:// (the usual case); http:// speaks CONNECT to it in the clear
 
 
 def parse_upstream_proxy(value):
-    """``https://[user:pass@]host:port`` → UpstreamProxy, or None when it cannot be used."""
+    """``https://[user:pass@]host:port`` (or ``http://``, as Smokescreen also accepts) →
+    UpstreamProxy, or None when it cannot be used."""
     try:
         url = urlsplit(value.strip())
         port = url.port
     except ValueError:
         return None
-    if url.scheme.lower() != "https" or not url.hostname or port is None or url.path not in ("", "/"):
+    scheme = url.scheme.lower()
+    if scheme not in ("https", "http") or not url.hostname or port is None or url.path not in ("", "/"):
         return None
-    return UpstreamProxy(url.hostname.lower().rstrip("."), port, url.username, url.password)
+    return UpstreamProxy(url.hostname.lower().rstrip("."), port, url.username, url.password, scheme == "https")
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from fastfog.acl import (
     ROLE_NOT_DETERMINED,
     Decision,
     parse_upstream_proxy,
+    port_problem,
 )
 from fastfog.classify import canonical_host
 from fastfog.deadline import Deadline
@@ -465,6 +466,11 @@ class Opening:
             fields["project"] = ""
             self.done(None, *proxy.auth_required(head, fields))
             return
+        bad_port = port_problem(head.port)
+        if bad_port is not None:
+            fields["project"] = ""
+            self.done(None, proxy.rejection(head, fields, bad_port, 0, self.connect, self.close), self.close)
+            return
         refusal = proxy.limits.admit(role, self.connect)
         if refusal is not None:
             fields["role"], fields["project"] = role, ""
@@ -497,16 +503,20 @@ class Opening:
         if host.address is not None:
             self._resolved((host.name,))
             return
-        proxy.metrics.incr("resolver.attempts_total")
+        metrics = proxy.metrics
+        metrics.incr("resolver.attempts_total")  # every lookup, a cache hit too (as dashboards expect)
         self.named = True
         try:
             addresses = proxy.resolver.cached(host.name)
         except ResolveError as err:
+            metrics.incr("fastfog.dns.cache.hits")
             self._resolve_failed(err)
             return
         if addresses is not None:
+            metrics.incr("fastfog.dns.cache.hits")
             self._resolved(addresses)
             return
+        metrics.incr("fastfog.dns.cache.misses")
         proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
 
     @guarded

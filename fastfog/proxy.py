@@ -481,11 +481,15 @@ class Proxy:
         proxy_transport.resume_reading()
         return tunnel.relay
 
-    def _upstream_tls(self):
-        """Certificates of upstream proxies are checked against the system's roots (SSL_CERT_FILE)."""
+    def _upstream_tls(self, via):
+        """How to reach an upstream proxy: over TLS for an https:// one, its certificate checked
+        against the system's roots (SSL_CERT_FILE); in the clear for an http:// one."""
+        if not via.tls:
+            return {}
         if self._upstream_proxy_tls is None:
             self._upstream_proxy_tls = ssl.create_default_context()
-        return self._upstream_proxy_tls
+        return {"ssl": self._upstream_proxy_tls, "server_hostname": via.host,
+                "ssl_handshake_timeout": self.config.connect_timeout or None}
 
     async def _chain(self, conn, head, fields, upstream, started):
         """TLS to the upstream proxy and our own CONNECT through it; then relay (SPEC 3.4)."""
@@ -506,8 +510,7 @@ class Proxy:
         transport = None
         try:
             transport, _ = await self.loop.create_connection(
-                lambda: reader, sock=upstream.sock, ssl=self._upstream_tls(), server_hostname=via.host,
-                ssl_handshake_timeout=self.config.connect_timeout or None)
+                lambda: reader, sock=upstream.sock, **self._upstream_tls(via))
             transport.write((request + "\r\n").encode("latin-1"))
             answer, leftover = await reader.answer
         except asyncio.CancelledError:

@@ -21,6 +21,11 @@ ENFORCE_POLICY = "rule has enforce policy"
 OPEN_POLICY = "rule has open enforcement policy"
 DEFAULT_RULE_POLICY = "default rule policy used"
 
+# A destination port Smokescreen refuses before any ACL rule (a 407, as its deny).
+MISSING_PORT = "missing port in address"
+INVALID_PORT = "invalid port number"
+MAX_PORT = 65535
+
 # X-Fastfog-Reason codes for ACL denials.
 CODE_ROLE_NOT_DETERMINED = "acl_role_unknown"
 CODE_DESTINATION_NOT_DETERMINED = "acl_destination_unknown"
@@ -28,6 +33,7 @@ CODE_NO_RULE = "acl_no_rule"
 CODE_EXTERNAL_PROXY = "acl_external_proxy"
 CODE_GLOBAL_DENY = "acl_global_deny"
 CODE_ENFORCE = "acl_enforce"
+CODE_BAD_PORT = "bad_port"
 
 
 

@@ -127,10 +127,14 @@ def local_addresses():
 
 
 def own_addresses(listener):
+    """Every address of this host, whatever the listener is bound to: a CONNECT to any of them
+    at the listen port is a self connection (a client on another interface reaches the same
+    proxy through the host's routing)."""
     host = listener.getsockname()[0]
-    if host in ("::", "0.0.0.0"):
-        return local_addresses()
-    return [host]
+    found = set(local_addresses())
+    if host not in ("::", "0.0.0.0"):
+        found.add(host)
+    return sorted(found)
 
 
 async def serve(config, log, ready=None, stop=None, reload=None, worker=None):

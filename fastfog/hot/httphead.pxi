@@ -11,6 +11,7 @@ cdef enum:
     MAX_HOST_LENGTH = 255
     MAX_CONTENT_LENGTH_DIGITS = 18
     MAX_IPV6_TEXT = 63
+    MAX_PORT_DIGITS = 10
 
 # Byte classes, as bit flags in one 256-entry table.
 cdef enum:
@@ -134,21 +135,22 @@ cdef class ResponseHead(_Head):
         return f"<ResponseHead HTTP/{self.version} {self.status}>"
 
 
-cdef int _parse_port(const unsigned char* p, Py_ssize_t n) except -1:
+cdef long long _parse_port(const unsigned char* p, Py_ssize_t n) except -1:
+    """The digits of a port as a number, whatever its size (MAX_PORT_DIGITS at most): 0 and
+    ports past 65535 are the proxy's to deny, with Smokescreen's answers."""
     cdef Py_ssize_t i
-    cdef int port = 0
-    if not (1 <= n <= 5) or not _only(p, n, C_DIGIT):
+    cdef long long port = 0
+    if n > MAX_PORT_DIGITS or not _only(p, n, C_DIGIT):
         raise HeadError("invalid port")
     for i in range(n):
         port = port * 10 + (p[i] - 0x30)
-    if not 1 <= port <= 65535:
-        raise HeadError("invalid port")
     return port
 
 
 cdef int _parse_authority(RequestHead head, const unsigned char* a, Py_ssize_t n,
                           int default_port) except -1:
-    """``host[:port]`` or ``[v6]:port`` into head.host/port; default_port < 0: port required."""
+    """``host[:port]`` or ``[v6]:port`` into head.host/port; an empty or missing port is
+    ``default_port`` (< 0 for CONNECT, which then has none: ``port`` None)."""
     cdef Py_ssize_t close, colon, host_len
     cdef const unsigned char* host
     cdef const unsigned char* port_text = NULL
@@ -189,18 +191,16 @@ cdef int _parse_authority(RequestHead head, const unsigned char* a, Py_ssize_t n
             raise HeadError("host too long")
         if not _only(host, host_len, C_HOST):
             raise HeadError("invalid host")
-    if port_text != NULL:
+    if port_len > 0:
         head.port = _parse_port(port_text, port_len)
-    elif default_port < 0:
-        raise HeadError("missing port")
-    else:
+    elif default_port >= 0:
         head.port = default_port
     head.host = PyUnicode_DecodeASCII(<const char*>host, host_len, NULL)
     return 0
 
 
 cdef int _parse_request_line(RequestHead head, const unsigned char* line, Py_ssize_t n) except -1:
-    cdef Py_ssize_t sp1, sp2, tlen, sep, i, end
+    cdef Py_ssize_t sp1, sp2, tlen, sep, i, end, at
     cdef const unsigned char* target
     cdef const unsigned char* version
     cdef const unsigned char* rest
@@ -264,10 +264,11 @@ cdef int _parse_request_line(RequestHead head, const unsigned char* line, Py_ssi
             if rest[i] == 0x2F or rest[i] == 0x3F:  # "/" or "?"
                 end = i
                 break
-        if _find(rest, end, 0x40) >= 0:  # "@"
-            raise HeadError("userinfo in request target")
-        _parse_authority(head, rest, end, default_port)
-        head.authority = PyUnicode_DecodeASCII(<const char*>rest, end, NULL)
+        at = end - 1  # the authority follows the last "@": userinfo is dropped, never kept
+        while at >= 0 and rest[at] != 0x40:
+            at -= 1
+        _parse_authority(head, rest + at + 1, end - at - 1, default_port)
+        head.authority = PyUnicode_DecodeASCII(<const char*>rest + at + 1, end - at - 1, NULL)
         if end == rest_len:
             head.path = "/"
         elif rest[end] == 0x3F:
@@ -412,6 +413,8 @@ cdef int _scan(_Head head, const unsigned char* data, Py_ssize_t n, Py_ssize_t p
 cdef int _finish(_Head head) except -1:
     if head.chunked and head._length >= 0:
         raise HeadError("both Transfer-Encoding and Content-Length")
+    if head.chunked and head.version == "1.0":
+        raise HeadError("Transfer-Encoding in an HTTP/1.0 message")
     if head._length >= 0:
         head.content_length = head._length
     if head.version == "1.0":

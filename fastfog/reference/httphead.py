@@ -13,7 +13,13 @@ requests get smuggled:
 - Content-Length values must agree; Transfer-Encoding must be exactly
   ``chunked`` and may not come with Content-Length;
 - the request target is visible ASCII, its host letters, digits, ``-._`` or a
-  bracketed IPv6 literal, its port 1-65535, and it carries no userinfo;
+  bracketed IPv6 literal, its port digits; an absolute-form target's
+  authority is what follows its last ``@`` (userinfo is dropped, never kept);
+- a port is reported as written, even 0 or past 65535, and a CONNECT target
+  may lack one (``port`` None): those are the proxy's to deny, with
+  Smokescreen's answers, not the parser's;
+- an HTTP/1.0 message with Transfer-Encoding has faulty framing (RFC 9112
+  section 6.1);
 - at most one Host header, and HTTP/1.1 requests other than CONNECT need one.
 
 Empty lines before a request line are skipped (RFC 9112 section 2.2). A head is
@@ -39,6 +45,7 @@ _OWS = b" \t"
 _MAX_HOST_LENGTH = 255
 _MAX_CONTENT_LENGTH_DIGITS = 18
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_PORT_DIGITS = 10
 
 
 def _as_bytes(data):
@@ -108,16 +115,15 @@ class ResponseHead:
 
 
 def _parse_port(text):
-    if not (1 <= len(text) <= 5) or not _only(text, _DIGITS):
+    """The digits of a port as a number, whatever its size (MAX_PORT_DIGITS at most)."""
+    if len(text) > MAX_PORT_DIGITS or not _only(text, _DIGITS):
         raise HeadError("invalid port")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise HeadError("invalid port")
-    return port
+    return int(text)
 
 
 def _parse_authority(authority, default_port):
-    """``host[:port]`` or ``[v6]:port`` → (host, port). ``default_port`` None: port required."""
+    """``host[:port]`` or ``[v6]:port`` → (host, port); an empty or missing port is
+    ``default_port`` (None for CONNECT, which has none)."""
     if not authority:
         raise HeadError("missing host")
     port_text = None
@@ -148,12 +154,7 @@ def _parse_authority(authority, default_port):
             raise HeadError("host too long")
         if not _only(host, _HOST_CHARS):
             raise HeadError("invalid host")
-    if port_text is not None:
-        port = _parse_port(port_text)
-    elif default_port is None:
-        raise HeadError("missing port")
-    else:
-        port = default_port
+    port = _parse_port(port_text) if port_text else default_port
     return host.decode("ascii"), port
 
 
@@ -201,9 +202,7 @@ def _parse_request_line(line):
             found = rest.find(delimiter, 0, end)
             if found >= 0:
                 end = found
-        authority = rest[:end]
-        if b"@" in authority:
-            raise HeadError("userinfo in request target")
+        authority = rest[rest.rfind(b"@", 0, end) + 1:end]
         host, port = _parse_authority(authority, default_port)
         path = rest[end:]
         if not path:
@@ -291,6 +290,8 @@ class _Headers:
     def finish(self, version):
         if self.chunked and self.content_length is not None:
             raise HeadError("both Transfer-Encoding and Content-Length")
+        if self.chunked and version == "1.0":
+            raise HeadError("Transfer-Encoding in an HTTP/1.0 message")
         if version == "1.0":
             return self.keep_alive and not self.close
         return not self.close

@@ -88,3 +88,21 @@ def test_unparsable_header_without_an_acl_is_a_400(chained_proxy):
     proxy = chained_proxy()
     answer = exchange(proxy.address, b"CONNECT origin.test:7 HTTP/1.1\r\nX-Upstream-Https-Proxy: ftp://x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_tunnel_through_an_http_upstream_proxy(start_proxy, background, echo):
+    """``http://`` names a proxy spoken to in the clear (as Smokescreen accepts it)."""
+    from .conftest import UpstreamProxy
+
+    plain = UpstreamProxy(background, netns.UPSTREAM_PROXY, 8080, None)
+    try:
+        proxy = start_proxy()
+        sock, head, _ = connect(proxy.address, "origin.test:7",
+                                headers=b"X-Upstream-Https-Proxy: http://upstream-proxy.test:8080\r\n")
+        with sock:
+            assert head.status == 200
+            sock.sendall(b"in the clear")
+            assert sock.recv(100) == b"in the clear"
+        assert plain.requests == [("origin.test:7", None)]
+    finally:
+        background.loop.call_soon_threadsafe(plain.server.close)

@@ -103,7 +103,8 @@ def test_no_rule_without_default():
     ("https://eu.proxies.example:443", True, "host matched allowed domain in rule"),
     ("https://proxies.example:443", False, "connect proxy host not allowed in rule"),
     ("https://evil.example:443", False, "connect proxy host not allowed in rule"),
-    ("http://proxy.partner.example:8080", False, "connect proxy host not allowed in rule"),
+    ("http://proxy.partner.example:8080", True, "host matched allowed domain in rule"),  # as Smokescreen
+    ("socks5://proxy.partner.example:1080", False, "connect proxy host not allowed in rule"),
     ("https://proxy.partner.example", False, "connect proxy host not allowed in rule"),
     ("proxy.partner.example:443", False, "connect proxy host not allowed in rule"),
     ("https://proxy.partner.example:99999", False, "connect proxy host not allowed in rule"),
@@ -121,6 +122,8 @@ def test_upstream_proxy_parse():
     proxy = parse_upstream_proxy("https://u%40x:p%3Ass@Proxy.Example:3128")
     assert (proxy.host, proxy.port, proxy.username, proxy.password) == ("proxy.example", 3128, "u%40x", "p%3Ass")
     assert parse_upstream_proxy("https://[2001:db8::1]:443").host == "2001:db8::1"
+    assert parse_upstream_proxy("https://proxy.example:443").tls
+    assert not parse_upstream_proxy("HTTP://proxy.example:8080").tls
 
 
 def test_allowed_ports(acl):
