@@ -35,6 +35,18 @@ from fastfog.webhooks import Webhooks
 ACCEPT_BATCH = 64
 WEBHOOK_DRAIN_SECONDS = 2.0  # at exit, events still queued get this long to go out
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+PROCESS_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
+
+
+def hold_signals():
+    """Block the signals fastfog handles until its handlers exist (``release_signals``): one that
+    arrives in between (a reload right after a start, say) waits instead of killing the process
+    by its default action, and is handled once released."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, PROCESS_SIGNALS)
+
+
+def release_signals():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
 
 
 def open_listener(ip, port, reuse_port=False, listen=True):
@@ -188,6 +200,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
         for signum in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        release_signals()  # held since run() began: one that came meanwhile is handled now
     loop.add_reader(listener.fileno(), accept_ready)
     sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
     stats_socket = None
@@ -205,6 +218,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             "metrics": proxy.metrics.snapshot,
             "status": lambda: _status(proxy, reloader, started),
             "reload": lambda: reloader.reload("admin socket"),
+            "sighup": lambda: reloader.reload("SIGHUP"),
         }, lambda: on_signal(signal.SIGTERM)))
     elif config.admin_socket:
         try:
@@ -369,6 +383,7 @@ class ListenError(Exception):
 
 def run(config, reload=None, worker=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
+    hold_signals()  # before the listener opens: see serve()
     # Workers share standard error: each write must be whole lines, small enough to be atomic.
     log = Log(config.log_format, atomic_lines=worker is not None)
 

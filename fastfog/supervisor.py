@@ -30,7 +30,7 @@ from fastfog.connection import peer_text
 from fastfog.control import ENVIRONMENT, read_message, send_message
 from fastfog.logs import Log
 from fastfog.metrics import merge, render_prometheus, serve_prometheus
-from fastfog.server import SHUTDOWN_SIGNALS, open_listener
+from fastfog.server import SHUTDOWN_SIGNALS, hold_signals, open_listener, release_signals
 
 RESTART_DELAY = 1.0  # a worker that keeps dying is started again at most once a second
 STARTUP_SECONDS = 10.0  # a first run that exits with an error this soon could not start (its log says why)
@@ -96,6 +96,7 @@ def reserve_port(ip, port):
 def supervise(config, command):
     """Run ``config.workers`` workers (each ``command``, a fastfog serve command line) until told to
     stop; the process's exit code."""
+    hold_signals()  # until _supervise handles them
     log = Log(config.log_format)
     if os.environ.get("EINHORN_FD_0") is not None:
         log.error("cannot start", {"error": "under Einhorn, let Einhorn run the processes (einhorn -n N) "
@@ -124,14 +125,22 @@ async def _supervise(config, command, address, log):
         for worker in workers:
             worker.signal(signum)
 
+    asking = set()
+
     def on_reload():
+        # Over each control channel, not as a signal: a worker still starting (a restarted one)
+        # reads the request once it serves, where a signal could come before its handlers.
         log.info("passing SIGHUP on to the workers", {"workers": len(workers)})
         for worker in workers:
-            worker.signal(signal.SIGHUP)
+            if worker.writer is not None:
+                task = loop.create_task(worker.ask("sighup"))
+                asking.add(task)
+                task.add_done_callback(asking.discard)
 
     for signum in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    release_signals()
     try:
         for worker in workers:
             await worker.start(command, address[1])
