@@ -266,7 +266,10 @@ class ClientConnection:
             self.deadline.cancel()
             self._drop_watch(True)
             self.sock.close()
-            self.proxy.connections.discard(self)
+            proxy = self.proxy
+            proxy.connections.discard(self)
+            if proxy.on_close is not None:
+                proxy.on_close()
 
     def _drop_watch(self, closing):
         """The socket goes to other hands (or is about to close): take it off the poller."""

@@ -164,6 +164,7 @@ class Proxy:
         self.metrics.gauge("requests.concurrent", lambda: self.limits.proxy.requests)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
         self.webhooks = None  # fastfog.webhooks.Webhooks when configured (set by the server)
+        self.on_close = None  # called once a connection closes, when set (see server.Acceptor)
 
     def _configure(self, config):
         """``tls``: the config's ServerTLS when clients connect over TLS; each new connection
@@ -548,6 +549,8 @@ class Proxy:
 
     def _tunnel_closed(self, tunnel):
         self.tunnels.discard(tunnel)
+        if self.on_close is not None:
+            self.on_close()
         self.limits.tunnel_closed(tunnel.role)
         relay = tunnel.relay
         ended = time.time()

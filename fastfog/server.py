@@ -13,9 +13,11 @@ worker process (see supervisor.py).
 
 import _socket
 import asyncio
+import errno
 import gc
 import json
 import os
+import resource
 import signal
 import socket
 import time
@@ -176,20 +178,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
     reloader = Reloader(proxy, log, reload)
     started = time.time()
 
-    accept, family = listener._accept, listener.family
-
-    def accept_ready():
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, peer = accept()
-            except BlockingIOError:
-                return
-            except OSError as err:  # out of file descriptors, say: keep serving the open ones
-                log.error("accept failed", {"error": str(err)})
-                return
-            # The C socket type: socket.socket's Python-level __init__ and close cost more
-            # than the rest of taking a connection.
-            proxy.accept(_socket.socket(family, socket.SOCK_STREAM, 0, fd), peer)
+    acceptor = Acceptor(loop, listener, proxy, log)
 
     def on_signal(signum):
         if not stopping.done():
@@ -201,7 +190,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             loop.add_signal_handler(signum, on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
         release_signals()  # held since run() began: one that came meanwhile is handled now
-    loop.add_reader(listener.fileno(), accept_ready)
+    acceptor.start()
     sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
     stats_socket = None
     if config.stats_socket_dir:
@@ -237,7 +226,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             sweeper.cancel()
         if supervisor is not None:
             supervisor.cancel()
-        loop.remove_reader(listener.fileno())
+        acceptor.stop()
         listener.close()
         proxy.serving = False
         proxy.close_connections()
@@ -254,6 +243,98 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             await proxy.webhooks.drain(WEBHOOK_DRAIN_SECONDS)
             proxy.webhooks.close()
         log.flush()
+
+
+class Acceptor:
+    """Takes connections off the listener in batches, and outlives running out of resources.
+
+    When accept fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the
+    listener stays readable: accepting again at once would spin the loop and flood the log.
+    So the listener is left alone until a connection closes or ``BACKOFF`` seconds pass,
+    whichever is first; connections already open are served meanwhile. The condition is logged
+    at most once a second with the number of accepts refused, and counted
+    (``fastfog.accept.exhausted``)."""
+
+    BACKOFF = 0.1
+    REPORT_EVERY = 1.0
+    EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+    def __init__(self, loop, listener, proxy, log):
+        self.loop, self.listener, self.proxy, self.log = loop, listener, proxy, log
+        self.fd = listener.fileno()
+        self.watching = False
+        self.refused = 0  # since the last record
+        self.reported = -self.REPORT_EVERY
+        self.retry = None
+
+    def start(self):
+        if not self.watching:
+            self.watching = True
+            self.loop.add_reader(self.fd, self.ready)
+
+    def stop(self):
+        self._stop_retry()
+        if self.watching:
+            self.watching = False
+            self.loop.remove_reader(self.fd)
+
+    def ready(self):
+        accept, family, take = self.listener._accept, self.listener.family, self.proxy.accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, peer = accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in self.EXHAUSTED:
+                    self._exhausted(err)
+                else:  # the connection went away before it was taken, say: the next one
+                    self.log.error("accept failed", {"error": str(err)})
+                return
+            # The C socket type: socket.socket's Python-level __init__ and close cost more
+            # than the rest of taking a connection.
+            take(_socket.socket(family, socket.SOCK_STREAM, 0, fd), peer)
+
+    def _exhausted(self, err):
+        self.refused += 1
+        self.proxy.metrics.count_locally("fastfog.accept.exhausted")
+        now = time.monotonic()
+        if now - self.reported >= self.REPORT_EVERY:
+            self.reported = now
+            self.log.error("accept failed: out of resources; new connections wait",
+                           {"error": str(err), "refused": self.refused})
+            self.refused = 0
+        self.stop()
+        self.retry = self.loop.call_later(self.BACKOFF, self._resume)
+        self.proxy.on_close = self._resume  # a descriptor freed: try again at once
+
+    def _resume(self):
+        self._stop_retry()
+        if self.proxy.serving:
+            self.start()
+
+    def _stop_retry(self):
+        self.proxy.on_close = None
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+
+
+def raise_descriptor_limit(log):
+    """Raise the soft limit on open descriptors to the hard one (as Go's runtime does): a proxy
+    holds two per tunnel, and the usual soft limit of 1024 is a few hundred tunnels."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:  # the kernel's ceiling is then the real one
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as ceiling:
+                hard = int(ceiling.read())
+        if hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            soft = hard
+    except (OSError, ValueError) as err:
+        log.warning("could not raise the open file limit", {"error": str(err)})
+        return
+    log.info("open file limit", {"limit": soft})
 
 
 def unexpected_error_reporter(log):
@@ -386,6 +467,8 @@ def run(config, reload=None, worker=None):
     hold_signals()  # before the listener opens: see serve()
     # Workers share standard error: each write must be whole lines, small enough to be atomic.
     log = Log(config.log_format, atomic_lines=worker is not None)
+    if worker is None:  # a worker inherits its supervisor's
+        raise_descriptor_limit(log)
 
     def ready(address):
         # Everything built so far (config, ACL, address tables) lives as long as the process:

@@ -30,7 +30,7 @@ from fastfog.connection import peer_text
 from fastfog.control import ENVIRONMENT, read_message, send_message
 from fastfog.logs import Log
 from fastfog.metrics import merge, render_prometheus, serve_prometheus
-from fastfog.server import SHUTDOWN_SIGNALS, hold_signals, open_listener, release_signals
+from fastfog.server import SHUTDOWN_SIGNALS, hold_signals, open_listener, raise_descriptor_limit, release_signals
 
 RESTART_DELAY = 1.0  # a worker that keeps dying is started again at most once a second
 STARTUP_SECONDS = 10.0  # a first run that exits with an error this soon could not start (its log says why)
@@ -98,6 +98,7 @@ def supervise(config, command):
     stop; the process's exit code."""
     hold_signals()  # until _supervise handles them
     log = Log(config.log_format)
+    raise_descriptor_limit(log)  # the workers inherit it
     if os.environ.get("EINHORN_FD_0") is not None:
         log.error("cannot start", {"error": "under Einhorn, let Einhorn run the processes (einhorn -n N) "
                                             "instead of --workers"})

@@ -152,10 +152,11 @@ def blackhole():
 class ProxyProcess:
     """``fastfog serve`` as a subprocess; its stderr log lines are collected for assertions."""
 
-    def __init__(self, args, env=None):
+    def __init__(self, args, env=None, preexec_fn=None):
         self.args = args
         self.process = subprocess.Popen([sys.executable, "-m", "fastfog", "serve", *args],
-                                        stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+                                        stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+                                        preexec_fn=preexec_fn)
         self.lines = []
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -204,7 +205,7 @@ def start_proxy(dns, tmp_path):
     """Start ``fastfog serve`` on the proxy address with the stub resolver; extra flags and files as given."""
     started = []
 
-    def start(*flags, config=None, acl=None, env=None, port=4750):
+    def start(*flags, config=None, acl=None, env=None, port=4750, preexec_fn=None):
         args = ["--listen-ip", netns.PROXY, "--listen-port", str(port),
                 "--resolver-address", f"{netns.DNS}:{DNS_PORT}", *flags]
         if acl is not None:
@@ -215,7 +216,7 @@ def start_proxy(dns, tmp_path):
             path = tmp_path / f"config{len(started)}.yaml"
             path.write_text(config)
             args += ["--config-file", str(path)]
-        proxy = ProxyProcess(args, env)
+        proxy = ProxyProcess(args, env, preexec_fn)
         proxy.address = (netns.PROXY, port)
         started.append(proxy)
         return proxy
