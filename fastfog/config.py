@@ -292,6 +292,13 @@ _PROXY_AUTH = block({
     "realm": string,
 })
 
+_TCP_KEEPALIVE = block({
+    "enabled": boolean,
+    "idle": duration,
+    "interval": duration,
+    "count": integer(1, 127),
+})
+
 _DNS_CACHE = block({
     "max_entries": integer(0),
     "min_ttl": duration,
@@ -395,6 +402,7 @@ KEYS = (
     Key("sni_check", choice("off", "report", "enforce"), "off"),
     Key("role_limits", mapping(block(_LIMITS)), MappingProxyType({})),
     Key("dns_cache", _DNS_CACHE, None),
+    Key("tcp_keepalive", _TCP_KEEPALIVE, None),
 )
 
 KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
@@ -458,6 +466,7 @@ class Config:
     sni_check: str = "off"
     role_limits: object = field(default_factory=lambda: MappingProxyType({}))
     dns_cache: object = None
+    tcp_keepalive: object = None
     # derived
     source: str | None = None  # the config file, if any
     acl: object = None  # fastfog.acl.Acl when acl_file is set

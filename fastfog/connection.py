@@ -614,6 +614,7 @@ class Opening:
         upstream = _socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET,
                                   socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        proxy.keepalive.apply(upstream)
         self.upstream = upstream
         self.dial_started = time.monotonic()
         error = upstream.connect_ex((self.address, self.port))

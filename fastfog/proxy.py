@@ -33,6 +33,7 @@ from fastfog.connection import (
 from fastfog.exchange import Exchange
 from fastfog.forward import header_value
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head, poller_for
+from fastfog.keepalive import KeepAlive
 from fastfog.limits import Limits
 from fastfog.metrics import Metrics
 from fastfog.pool import UpstreamPool
@@ -157,6 +158,7 @@ class Proxy:
         self.serving = True
         self.loop = asyncio.get_running_loop()
         self.poller = poller_for(self.loop)  # edges for dials and splice relays (see hot/relay.pxi)
+        self.keepalive = KeepAlive(config.tcp_keepalive)  # for upstream sockets (restart-only)
         self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
                                  config.idle_timeout)
         self.limits = Limits(config)

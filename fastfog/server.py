@@ -28,6 +28,7 @@ from fastfog import logs, stats, unixhttp
 from fastfog.connection import peer_text
 from fastfog.control import answer_supervisor
 from fastfog.dns import Resolver
+from fastfog.keepalive import KeepAlive
 from fastfog.logs import Log
 from fastfog.metrics import StatsdSink, serve_prometheus
 from fastfog.proxy import Proxy
@@ -51,9 +52,10 @@ def release_signals():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
 
 
-def open_listener(ip, port, reuse_port=False, listen=True):
+def open_listener(ip, port, reuse_port=False, listen=True, keepalive=None):
     """A listening TCP socket on ``ip:port``; an empty ip means every address, IPv6 and IPv4.
-    ``listen=False``: only bound (see workers.reserve_port)."""
+    ``listen=False``: only bound (see workers.reserve_port). ``keepalive``: a KeepAlive that
+    every accepted connection inherits."""
     if ip == "":
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -67,7 +69,7 @@ def open_listener(ip, port, reuse_port=False, listen=True):
         address = (ip, port)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        _tune_listener(sock)
+        _tune_listener(sock, keepalive)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
@@ -80,24 +82,27 @@ def open_listener(ip, port, reuse_port=False, listen=True):
     return sock
 
 
-def _tune_listener(sock):
-    """Options every accepted connection inherits (one system call here, none per connection):
-    TCP_NODELAY, since answers are small and must not wait for an ACK; and TCP_DEFER_ACCEPT,
+def _tune_listener(sock, keepalive=None):
+    """Options every accepted connection inherits (system calls here, none per connection):
+    TCP_NODELAY, since answers are small and must not wait for an ACK; TCP_DEFER_ACCEPT,
     since clients speak first (a request head, a PROXY header or a ClientHello), so accept()
-    hands a connection over once its first bytes are in and the first read never waits."""
+    hands a connection over once its first bytes are in and the first read never waits; and
+    TCP keep-alive (see keepalive.py)."""
+    if keepalive is not None:
+        keepalive.apply(sock)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(socket, "TCP_DEFER_ACCEPT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
 
 
-def einhorn_listener():
+def einhorn_listener(keepalive=None):
     """Under Einhorn (its master our parent), the listener it opened for us: ``EINHORN_FD_0``."""
     fd, master = os.environ.get("EINHORN_FD_0"), os.environ.get("EINHORN_MASTER_PID")
     if fd is None or master is None or not master.isdigit() or int(master) != os.getppid():
         return None
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(False)
-    _tune_listener(sock)
+    _tune_listener(sock, keepalive)
     return sock
 
 
@@ -159,10 +164,11 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
     loop = asyncio.get_running_loop()
     log.attach(loop)
     try:
+        keepalive = KeepAlive(config.tcp_keepalive)
         if worker is not None:
-            listener = open_listener(config.ip, worker.port, reuse_port=True)
+            listener = open_listener(config.ip, worker.port, reuse_port=True, keepalive=keepalive)
         else:
-            listener = einhorn_listener() or open_listener(config.ip, config.port)
+            listener = einhorn_listener(keepalive) or open_listener(config.ip, config.port, keepalive=keepalive)
     except OSError as err:
         raise ListenError(f"cannot listen on {config.ip or '*'}:{config.port}: {err.strerror or err}") from None
     address = listener.getsockname()
