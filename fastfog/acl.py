@@ -8,9 +8,16 @@ rule's prebuilt decisions, allocating nothing.
 
 fastfog extends a rule with ``allowed_ports`` (a CONNECT or request to another
 port is denied, ``port not allowed in rule``). Smokescreen ignores keys it does
-not know, so a file using it still loads there. Unknown keys are ignored here
-too: the ACL file, unlike the config file, is not strict.
+not know, so a file using it still loads there.
+
+Unlike Smokescreen, fastfog refuses a key it does not know (at the top level,
+in a rule, in a ``mitm_domains`` entry) and a key given twice: a misspelled
+``alowed_domains:`` would otherwise leave a rule empty, and a second
+``action:`` would silently replace the first. The error names the file, the
+line and the key, with the nearest known key when there is one.
 """
+
+import difflib
 
 import logging
 from dataclasses import dataclass
@@ -18,11 +25,15 @@ from urllib.parse import urlsplit
 
 from fastfog import reasons
 from fastfog.hotpaths import HostGlobSet
-from fastfog.yamlfile import read_yaml
+from fastfog.yamlfile import line_of, read_yaml
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("open", "report", "enforce")
+TOP_LEVEL_KEYS = ("version", "services", "default", "global_allow_list", "global_deny_list")
+RULE_KEYS = ("name", "project", "action", "allowed_domains", "allowed_external_proxies", "mitm_domains",
+             "allowed_ports")
+MITM_KEYS = ("domain", "add_headers", "detailed_http_logs", "detailed_http_logs_full_headers")
 PORT_NOT_ALLOWED = "port not allowed in rule"
 CODE_PORT = "acl_port"
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
@@ -252,9 +263,19 @@ def _ports(value, where):
     return frozenset(ports)
 
 
+def known_keys(mapping, known, where):
+    """AclError for the first key of ``mapping`` not in ``known`` (with the nearest known one)."""
+    for key in mapping:
+        if key not in known:
+            nearest = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+            raise AclError(f"{line_of(mapping, key)}{where}: unknown key {key!r}{hint}")
+
+
 def _rule(raw, where, owner, name, disabled):
     if not isinstance(raw, dict):
         raise AclError(f"{where}: expected a mapping")
+    known_keys(raw, RULE_KEYS, where)
     action = _string(raw.get("action"), f"{where}.action")
     if action not in ACTIONS:
         raise AclError(f"unknown action {action}")
@@ -270,6 +291,7 @@ def _rule(raw, where, owner, name, disabled):
     for index, entry in enumerate(mitm):
         if not isinstance(entry, dict) or not isinstance(entry.get("domain"), str):
             raise AclError(f"{where}.mitm_domains[{index}]: expected a mapping with a 'domain'")
+        known_keys(entry, MITM_KEYS, f"{where}.mitm_domains[{index}]")
         domain = entry["domain"]
         validate_glob(owner, domain)
         if domain not in (raw.get("allowed_domains") or []):
@@ -297,6 +319,7 @@ def _parse(document, path, disabled_actions):
         document = {}
     if not isinstance(document, dict):
         raise AclError("expected a mapping at the top level")
+    known_keys(document, TOP_LEVEL_KEYS, "top level")
     version = document.get("version")
     if version != "v1":
         raise AclError(f'expected version "v1" got "{"" if version is None else version}"')

@@ -15,6 +15,7 @@ proxy does not have yet, so that ``serve`` refuses them instead of ignoring
 them.
 """
 
+import difflib
 import ipaddress
 import math
 import re
@@ -25,7 +26,7 @@ from types import MappingProxyType
 from fastfog.acl import ACTIONS, AclError, load_acl
 from fastfog.classify import parse_address_entry
 from fastfog.roles import ProxyAuth, RoleError, load_plugin
-from fastfog.yamlfile import read_yaml
+from fastfog.yamlfile import line_of, read_yaml
 
 
 class ConfigError(ValueError):
@@ -519,14 +520,16 @@ def read_config_file(path):
     values = {}
     for yaml_key, raw in document.items():
         key = KEYS_BY_YAML.get(yaml_key)
+        where = f"{path}: {line_of(document, yaml_key)}{yaml_key}"
         if key is None:
-            raise ConfigError(f"{path}: {yaml_key}: unknown key")
+            nearest = difflib.get_close_matches(str(yaml_key), list(KEYS_BY_YAML), n=1)
+            raise ConfigError(f"{where}: unknown key" + (f" (did you mean {nearest[0]!r}?)" if nearest else ""))
         if raw is None:
             continue
         try:
             values[key.name] = key.parse(raw)
         except ValueError as err:
-            raise ConfigError(f"{path}: {yaml_key}: {err}") from None
+            raise ConfigError(f"{where}: {err}") from None
     return values
 
 

@@ -48,8 +48,8 @@ async def read_message(reader):
 
 
 async def answer_supervisor(role, answers, on_lost):
-    """Worker side: answer each request ``{"op": name, "id": n}`` with ``answers[name]()`` (and
-    its ``id``); ``on_lost()`` when the supervisor closes the channel."""
+    """Worker side: answer each request ``{"op": name, "id": n}`` with ``answers[name]()`` (awaited
+    when it is a coroutine; and its ``id``); ``on_lost()`` when the supervisor closes the channel."""
     control = socket.socket(fileno=role.control_fd)
     reader, writer = await asyncio.open_unix_connection(sock=control)
     try:
@@ -59,7 +59,13 @@ async def answer_supervisor(role, answers, on_lost):
                 break
             handler = answers.get(request.get("op"))
             try:
-                reply = {"ok": True, "value": handler()} if handler else {"ok": False, "error": "unknown request"}
+                if handler is None:
+                    reply = {"ok": False, "error": "unknown request"}
+                else:
+                    value = handler()
+                    if asyncio.iscoroutine(value):
+                        value = await value
+                    reply = {"ok": True, "value": value}
             except Exception as err:  # a bug in one answer must not end the channel
                 reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
             reply["id"] = request.get("id")

@@ -1,11 +1,14 @@
 """Validated live reload (SPEC 4.3, 5.3): SIGHUP, and ``POST /reload`` on the admin socket.
 
 The new config, ACL, users file, CA files and CRLs are loaded and checked
-completely first, exactly as at start-up. On any error the proxy keeps
+completely first, exactly as at start-up, in a thread of their own: a large
+ACL takes a good fraction of a second to parse and compile, and traffic goes
+on being served with the old set meanwhile. On any error the proxy keeps
 serving with what it has and the error is logged (and answered, on the admin
 socket). On success the proxy takes the new set in one step, between two
 loop callbacks: requests that start afterwards see the new rules; open
-tunnels and requests already decided are untouched. A summary of what
+tunnels and requests already decided are untouched. Reloads asked for while
+one is loading wait their turn. A summary of what
 changed is logged: roles added, removed and changed, the default rule, the
 global lists, and other settings.
 
@@ -14,6 +17,8 @@ sockets): a change to one of those is reported as needing a restart and does
 not take effect. A role plugin module is not imported again.
 """
 
+import asyncio
+import gc
 import time
 
 from fastfog.config import KEYS, ConfigError
@@ -67,15 +72,45 @@ class Reloader:
         self.proxy, self.log, self.load = proxy, log, load
         self.count = 0
         self.last = None  # the last outcome, for the admin socket's /status
+        self._turn = asyncio.Lock()
+        self._signalled = set()  # reloads started by a signal, kept until done
 
-    def reload(self, trigger):
-        """Load, validate, swap; the outcome as a dict ({"ok", "changes"} or {"ok", "error"})."""
+    def on_signal(self, trigger):
+        """A signal handler's reload: started now, finished in the background."""
+        task = asyncio.get_running_loop().create_task(self.reload(trigger))
+        self._signalled.add(task)
+        task.add_done_callback(self._signalled.discard)
+
+    async def reload(self, trigger):
+        """Load and validate (in a thread), then swap; the outcome as a dict ({"ok", "changes"}
+        or {"ok", "error"})."""
+        async with self._turn:
+            return await self._reload(trigger)
+
+    async def _load_aside(self):
+        """``load()`` and the changes it brings, in a thread, with the cyclic collector paused
+        meanwhile: a collection over the many objects a large ACL is made of would hold the GIL,
+        and so the loop, for 100 ms and more at a time (the thread otherwise gives the loop its
+        turn every few ms)."""
+        def load():
+            config = self.load()
+            return config, changes(self.proxy.config, config)
+
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, load)
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _reload(self, trigger):
         started = time.monotonic()
         if self.load is None:
             outcome = {"ok": False, "error": "this proxy was not started from a config it can read again"}
         else:
             try:
-                config = self.load()
+                config, found = await self._load_aside()
                 problems = config.not_yet_supported()
                 if problems:
                     raise ConfigError("; ".join(problems))
@@ -84,8 +119,9 @@ class Reloader:
             except Exception as err:  # a bug or an unexpected file problem: keep serving regardless
                 outcome = {"ok": False, "error": f"{type(err).__name__}: {err}"}
             else:
-                found = changes(self.proxy.config, config)
                 self.proxy.reconfigure(config)
+                if gc.get_freeze_count():  # the process froze its start-up heap (server.run):
+                    gc.freeze()  # the new configuration lives as long, keep collections off it too
                 self.count += 1
                 outcome = {"ok": True, "changes": found}
                 for warning in (config.acl.warnings if config.acl is not None else ()):

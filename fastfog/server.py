@@ -194,7 +194,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
         loop.set_exception_handler(unexpected_error_reporter(log))
         for signum in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, reloader.on_signal, "SIGHUP")
         release_signals()  # held since run() began: one that came meanwhile is handled now
     acceptor.start()
     sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
@@ -439,8 +439,8 @@ async def _start_metrics(config, proxy, log, worker=None):
 async def _start_admin_socket(path, proxy, reloader, started):
     """``admin_socket``: POST /reload (the outcome; 422 when the new files were refused) and
     GET /status (what is loaded and what is open). Mode 0600: only fastfog's user may use it."""
-    def reload():
-        outcome = reloader.reload("admin socket")
+    async def reload():
+        outcome = await reloader.reload("admin socket")
         return (200 if outcome["ok"] else 422), outcome
 
     return await unixhttp.serve(path, 0o600, {("POST", "/reload"): reload,

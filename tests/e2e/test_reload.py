@@ -111,3 +111,25 @@ def test_settings_of_the_process_need_a_restart(start_proxy, tmp_path, echo):
     assert reloaded["changes"] == ["max_request_rate changed",
                                    "log_format changed (takes effect after a restart)"]
     assert eventually(lambda: [status_for(proxy, ECHO_ALLOWED) for _ in range(3)].count(429) >= 1)
+
+
+def test_a_duplicate_key_is_refused_at_reload_and_by_check_config(start_proxy, tmp_path, echo):
+    """``action: enforce`` then ``action: open`` in one rule: YAML would let the second win and
+    switch enforcement off; fastfog refuses the file and keeps serving with the old one."""
+    import subprocess
+    import sys
+
+    proxy, acl = proxy_with_acl(start_proxy, tmp_path)
+    assert status_for(proxy, "origin6.test:7") == 407
+    acl.write_text("version: v1\nservices: []\ndefault:\n  project: other\n  action: enforce\n  action: open\n")
+    proxy.process.send_signal(signal.SIGHUP)
+    [failed] = proxy.records("configuration reload failed; still serving with the previous configuration",
+                             wait_for=1)
+    assert failed["error"] == f"{acl}: line 6: action: duplicate key (first given on line 5)"
+    assert status_for(proxy, "origin6.test:7") == 407  # still enforced
+    assert status_for(proxy, ECHO_ALLOWED) == 200
+    config = tmp_path / "check.yaml"
+    config.write_text(f"acl_file: {acl}\n")
+    checked = subprocess.run([sys.executable, "-m", "fastfog", "check-config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 1 and "line 6: action: duplicate key" in checked.stderr

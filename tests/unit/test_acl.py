@@ -216,20 +216,47 @@ def test_disabled_actions():
     assert parse_acl(doc, "acl.yaml", disabled_actions=["enforce"]).decide("a", "x.com", 1).result == "report"
 
 
-def test_unknown_keys_are_ignored_and_trailing_dots_accepted():
+def test_trailing_dots_accepted():
     doc = document("""
         version: v1
-        extra_top_level: yes
         services:
           - name: a
             action: enforce
             allowed_domains: [example.com., "*.example.net."]
-            some_future_key: 1
     """)
     loaded = parse_acl(doc)
     assert loaded.decide("a", "example.com", 443).allow
     assert loaded.decide("a", "x.example.net", 443).allow
     assert not loaded.decide("a", "example.net", 443).allow
+
+
+@pytest.mark.parametrize("text, message", [
+    ("version: v1\nextra_top_level: yes\nservices: []\n",
+     "line 2: top level: unknown key 'extra_top_level'"),
+    ("version: v1\nservices:\n  - name: a\n    action: enforce\n    alowed_domains: [example.com]\n",
+     "line 5: services[0]: unknown key 'alowed_domains' (did you mean 'allowed_domains'?)"),
+    ("version: v1\nservices: []\ndefault: {action: open, projet: p}\n",
+     "line 3: default: unknown key 'projet' (did you mean 'project'?)"),
+    ("version: v1\nservices:\n  - name: a\n    action: open\n    allowed_domains: [a.com]\n"
+     "    mitm_domains: [{domain: a.com, add_header: {X: y}}]\n",
+     "line 6: services[0].mitm_domains[0]: unknown key 'add_header' (did you mean 'add_headers'?)"),
+    # A duplicate at any depth: the last one would otherwise win, here switching enforcement off.
+    ("version: v1\nservices:\n  - name: a\n    action: enforce\n    allowed_domains: [a.com]\n"
+     "    action: open\n",
+     "line 6: action: duplicate key (first given on line 4)"),
+    ("version: v1\nservices: []\nversion: v1\n", "line 3: version: duplicate key (first given on line 1)"),
+    ("version: v1\nservices:\n  - name: a\n    action: open\n"
+     "    mitm_domains: [{domain: a.com, domain: b.com}]\n",
+     "line 5: domain: duplicate key (first given on line 5)"),
+])
+def test_unknown_and_duplicate_keys_are_errors_with_their_line(tmp_path, text, message):
+    """Smokescreen ignores unknown keys and lets a duplicate win; a typo in an egress ACL must
+    never pass, so fastfog refuses both (a deliberate difference, see the README)."""
+    path = tmp_path / "acl.yaml"
+    path.write_text(text)
+    with pytest.raises(AclError) as caught:
+        load_acl(str(path))
+    assert str(caught.value) == f"{path}: {message}"
 
 
 def test_mitm_domains_are_validated_and_flagged():
