@@ -404,6 +404,7 @@ KEYS = (
     Key("role_limits", mapping(block(_LIMITS)), MappingProxyType({})),
     Key("dns_cache", _DNS_CACHE, None),
     Key("tcp_keepalive", _TCP_KEEPALIVE, None),
+    Key("log_buffer_bytes", integer(0), 4 << 20),
 )
 
 KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
@@ -468,6 +469,7 @@ class Config:
     role_limits: object = field(default_factory=lambda: MappingProxyType({}))
     dns_cache: object = None
     tcp_keepalive: object = None
+    log_buffer_bytes: int = 4 << 20
     # derived
     source: str | None = None  # the config file, if any
     acl: object = None  # fastfog.acl.Acl when acl_file is set

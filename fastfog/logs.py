@@ -7,9 +7,13 @@ CANONICAL-PROXY-CN-CLOSE) are Smokescreen's, so existing log pipelines keep
 working.
 """
 
+import collections
+import functools
 import json
 import os
 import select
+import socket
+import stat
 import sys
 import time
 
@@ -35,20 +39,51 @@ def _logfmt_value(value):
 
 
 class Log:
-    """Buffered structured log on a file descriptor (standard error by default)."""
+    """Buffered structured log on a file descriptor (standard error by default).
 
-    def __init__(self, fmt="json", fd=None, loop=None, atomic_lines=False):
+    Logging never holds traffic up. Once attached to a loop, records are written once per loop
+    iteration without blocking: a pipe is reopened non-blocking (its own file description, so
+    whoever shares it is unaffected) and a socket is sent to with MSG_DONTWAIT. What the reader
+    is not ready for waits in a backlog of at most ``max_backlog`` bytes, written as soon as the
+    descriptor has room; past that, whole records are dropped, counted (``on_dropped(n)``, the
+    ``fastfog.log.dropped`` metric) and reported by one record once the reader has caught up.
+    A record is never cut: what reaches the reader is whole lines. Regular files and terminals
+    are written as they always were.
+    """
+
+    DEFAULT_BACKLOG = 4 << 20
+
+    def __init__(self, fmt="json", fd=None, loop=None, atomic_lines=False, max_backlog=DEFAULT_BACKLOG):
         """``atomic_lines``: several processes write to the same stream (``--workers``); each
         write is then whole lines of at most PIPE_BUF bytes, which a pipe never interleaves."""
         self._fd = sys.stderr.fileno() if fd is None else fd
         self._format = hotpaths.json_line if fmt == "json" else self._logfmt
         self._pending = []
-        self._loop = loop
+        self._loop = None
         self._atomic = atomic_lines
+        self._writer = None  # the non-blocking way to write, made when attached
+        self._backlog = collections.deque()  # whole lines (the first may be partly written)
+        self._backlog_size = 0
+        self.max_backlog = max_backlog
+        self.dropped = 0  # records dropped since the last report
+        self.on_dropped = None
+        if loop is not None:
+            self.attach(loop)
 
     def attach(self, loop):
-        """Batch writes on ``loop`` from now on (before that, each record is written at once)."""
+        """Batch and write without blocking on ``loop`` from now on; None: each record at once,
+        blocking (before the loop runs, or once it is gone)."""
+        if self._writer is not None and self._waiting:
+            self._loop.remove_writer(self._writer.fd)
         self._loop = loop
+        self._waiting = False
+        if loop is None:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._drain_blocking()
+        elif self._writer is None:
+            self._writer = _NonBlockingWriter.for_fd(self._fd)
 
     @staticmethod
     def _logfmt(fields, level, msg, time):
@@ -60,7 +95,7 @@ class Log:
     def emit(self, level, msg, fields=None):
         line = self._format(fields if fields else {}, level, msg, rfc3339(time.time()))
         if self._loop is None:
-            self._write(line)
+            _write_all(self._fd, line)
             return
         if not self._pending:
             self._loop.call_soon(self.flush)
@@ -79,24 +114,131 @@ class Log:
         if not self._pending:
             return
         lines, self._pending = self._pending, []
+        if self._writer is None:
+            for batch in self._batches(lines):
+                _write_all(self._fd, batch)
+            return
+        for line in lines:
+            if self._backlog_size + len(line) > self.max_backlog:
+                self.dropped += 1
+                if self.on_dropped is not None:
+                    self.on_dropped(1)
+                continue
+            self._backlog.append(line)
+            self._backlog_size += len(line)
+        self._drain()
+
+    def _batches(self, lines):
+        """``lines`` joined into writes: one, or whole lines of at most PIPE_BUF bytes each."""
         if not self._atomic:
-            self._write(b"".join(lines))
+            yield b"".join(lines)
             return
         batch, size = [], 0
         for line in lines:
             if batch and size + len(line) > select.PIPE_BUF:
-                self._write(b"".join(batch))
+                yield b"".join(batch)
                 batch, size = [], 0
             batch.append(line)
             size += len(line)
-        self._write(b"".join(batch))
+        if batch:
+            yield b"".join(batch)
 
-    def _write(self, data):
-        while data:
+    def _next_write(self):
+        """The backlog's first lines as one write: at most PIPE_BUF bytes of whole lines when
+        several processes share the stream (never interleaved, never cut), else up to 256."""
+        backlog = self._backlog
+        if not self._atomic:
+            return b"".join([backlog[index] for index in range(min(len(backlog), 256))])
+        count, size = 0, 0
+        for line in backlog:
+            if count and size + len(line) > select.PIPE_BUF:
+                break
+            count, size = count + 1, size + len(line)
+        return b"".join([backlog[index] for index in range(count)])
+
+    def _drain(self):
+        """Write the backlog until the descriptor has no room; then wait for room."""
+        backlog, writer = self._backlog, self._writer
+        while backlog:
             try:
-                written = os.write(self._fd, data)
-            except InterruptedError:
-                continue
+                written = writer.write(self._next_write())
+            except BlockingIOError:
+                self._wait_for_room()
+                return
+            except OSError:  # a closed or broken log stream must never take the proxy down
+                backlog.clear()
+                self._backlog_size = 0
+                break
+            self._backlog_size -= written
+            while backlog and written >= len(backlog[0]):
+                written -= len(backlog.popleft())
+            if written:  # part of a line went out: the rest of it goes first
+                backlog[0] = backlog[0][written:]
+                if not writer.blocking:
+                    self._wait_for_room()
+                    return
+        if self._waiting:
+            self._loop.remove_writer(writer.fd)
+            self._waiting = False
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.warning("log records dropped: the log reader was too slow", {"dropped": dropped})
+
+    def _wait_for_room(self):
+        if not self._waiting:
+            self._waiting = True
+            self._loop.add_writer(self._writer.fd, self._drain)
+
+    def _drain_blocking(self):
+        """Detached from the loop: what is left goes out now, waiting if it must."""
+        lines, self._pending = [*self._backlog, *self._pending], []
+        self._backlog.clear()
+        self._backlog_size = 0
+        for batch in self._batches(lines):
+            _write_all(self._fd, batch)
+
+
+class _NonBlockingWriter:
+    """How the log writes to its descriptor without ever blocking the loop (see Log)."""
+
+    __slots__ = ("fd", "write", "blocking", "_own")
+
+    def __init__(self, fd, write, blocking, own=None):
+        """``own``: what was opened for this writer (closed with it)."""
+        self.fd, self.write, self.blocking, self._own = fd, write, blocking, own
+
+    def close(self):
+        if isinstance(self._own, int):
+            os.close(self._own)
+        elif self._own is not None:
+            self._own.close()
+        self._own = None
+
+    @classmethod
+    def for_fd(cls, fd):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISFIFO(mode):
+            try:  # a description of our own: O_NONBLOCK on a shared one would reach other processes
+                own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
-                return  # a closed or broken log stream must never take the proxy down
-            data = data[written:]
+                own = None
+            if own is not None:
+                return cls(own, functools.partial(os.write, own), False, own)
+        elif stat.S_ISSOCK(mode):  # journald, a container runtime's log socket
+            sock = socket.socket(fileno=os.dup(fd))
+            return cls(sock.fileno(), lambda data: sock.send(data, socket.MSG_DONTWAIT), False, sock)
+        return cls(fd, functools.partial(os.write, fd), True)  # files and terminals: as always
+
+
+def _write_all(fd, data):
+    while data:
+        try:
+            written = os.write(fd, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            return  # a closed or broken log stream must never take the proxy down
+        data = data[written:]

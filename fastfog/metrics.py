@@ -98,10 +98,10 @@ class Metrics:
         if self.statsd is not None:
             self.statsd.add(name, value, "ms" if name in TIMINGS else "h", labels)
 
-    def count_locally(self, name):
-        """A counter of fastfog's own (not sent to statsd: it may be about statsd)."""
+    def count_locally(self, name, value=1):
+        """A counter of fastfog's own (not sent to statsd: it may be about statsd, or the log)."""
         key = (name, ())
-        self.counters[key] = self.counters.get(key, 0) + 1
+        self.counters[key] = self.counters.get(key, 0) + value
 
     def gauge(self, name, read):
         """A gauge read when exported (``read()`` returns its value)."""

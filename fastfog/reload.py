@@ -27,7 +27,7 @@ RESTART_ONLY = frozenset({
     "ip", "port", "stats_socket_dir", "stats_socket_file_mode", "admin_socket", "log_format",
     "resolver_addresses", "network", "dns_timeout", "dns_cache", "transport_max_idle_conns",
     "transport_max_idle_conns_per_host", "workers", "expose_prometheus_metrics", "prometheus_endpoint",
-    "prometheus_listen_ip", "prometheus_port", "statsd_address", "webhook", "tcp_keepalive",
+    "prometheus_listen_ip", "prometheus_port", "statsd_address", "webhook", "tcp_keepalive", "log_buffer_bytes",
 })
 # Compared through what they load (the ACL's rules, the TLS files), not as settings.
 LOADED = frozenset({"acl_file", "tls"})

@@ -177,6 +177,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
         for warning in config.server_tls.warnings:
             log.warning(warning, {})
     proxy = Proxy(config, resolver, log, address[1], own_addresses(listener))
+    log.on_dropped = lambda count: proxy.metrics.count_locally("fastfog.log.dropped", count)
     if config.acl is not None:
         for warning in config.acl.warnings:
             log.warning(warning, {"acl_file": config.acl.path})
@@ -249,6 +250,7 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             await proxy.webhooks.drain(WEBHOOK_DRAIN_SECONDS)
             proxy.webhooks.close()
         log.flush()
+        log.attach(None)  # what the reader has not taken yet goes out now
 
 
 class Acceptor:
@@ -472,7 +474,7 @@ def run(config, reload=None, worker=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
     hold_signals()  # before the listener opens: see serve()
     # Workers share standard error: each write must be whole lines, small enough to be atomic.
-    log = Log(config.log_format, atomic_lines=worker is not None)
+    log = Log(config.log_format, atomic_lines=worker is not None, max_backlog=config.log_buffer_bytes)
     if worker is None:  # a worker inherits its supervisor's
         raise_descriptor_limit(log)
 

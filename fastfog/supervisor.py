@@ -97,7 +97,7 @@ def supervise(config, command):
     """Run ``config.workers`` workers (each ``command``, a fastfog serve command line) until told to
     stop; the process's exit code."""
     hold_signals()  # until _supervise handles them
-    log = Log(config.log_format)
+    log = Log(config.log_format, max_backlog=config.log_buffer_bytes)
     raise_descriptor_limit(log)  # the workers inherit it
     if os.environ.get("EINHORN_FD_0") is not None:
         log.error("cannot start", {"error": "under Einhorn, let Einhorn run the processes (einhorn -n N) "
@@ -169,6 +169,7 @@ async def _supervise(config, command, address, log):
     for close in servers or ():
         close()
     log.flush()
+    log.attach(None)
     return 1 if failed else 0
 
 

@@ -46,3 +46,44 @@ def test_a_broken_log_stream_never_raises():
     os.close(read_end)
     logs.Log(fd=write_end).info("after the reader went away")
     os.close(write_end)
+
+
+def test_a_stalled_reader_never_blocks_the_loop_and_whole_records_resume():
+    """A pipe nobody reads: records wait in a bounded backlog, the rest are dropped whole and
+    counted, and once the reader is back every line it gets is a complete record, followed by
+    one saying how many were dropped."""
+    import asyncio
+    import threading
+
+    import uvloop
+
+    read_end, write_end = os.pipe()
+    loop = uvloop.new_event_loop()
+    dropped = []
+    log = logs.Log(fd=write_end, loop=loop, max_backlog=256 << 10)
+    log.on_dropped = dropped.append
+    assert os.get_blocking(write_end)  # the non-blocking description is the log's own
+
+    async def burst():
+        for number in range(5000):  # about 1.3 MB: far past the pipe's 64 KiB and the backlog
+            log.info("record", {"n": number, "pad": "x" * 200})
+        await asyncio.sleep(0.05)  # the loop goes on: nothing blocks while the pipe is full
+
+    started = time.monotonic()
+    loop.run_until_complete(burst())
+    assert time.monotonic() - started < 5
+    assert sum(dropped) > 0
+    received = []
+    reader = threading.Thread(target=lambda: received.append(os.read(read_end, 1 << 20)) or
+                              [received.append(chunk) for chunk in iter(lambda: os.read(read_end, 1 << 20), b"")])
+    reader.start()
+    loop.run_until_complete(asyncio.sleep(0.5))  # the reader is back: the backlog drains
+    log.attach(None)
+    os.close(write_end)
+    reader.join(5)
+    loop.close()
+    records = [json.loads(line) for line in b"".join(received).decode().splitlines()]  # every one whole
+    numbers = [record["n"] for record in records if record["msg"] == "record"]
+    assert numbers == sorted(numbers) and len(numbers) + sum(dropped) == 5000
+    assert records[-1]["msg"] == "log records dropped: the log reader was too slow"
+    assert records[-1]["dropped"] == sum(dropped)
