@@ -523,6 +523,16 @@ class Opening:
         proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
 
     @guarded
+    def redial(self, stale):
+        """A pooled connection (``stale``, an Upstream) was found closed when used: dial the
+        address it was decided, classified and admitted for again, and nothing more."""
+        self.decision, self.lookup_ms, self.address, self.port = (stale.decision, stale.lookup_ms, stale.address,
+                                                                  stale.port)
+        self.via, self.role, self.requested = stale.via, stale.role, stale.requested
+        self.reuse = False
+        self._dial()
+
+    @guarded
     def _lookup_done(self, task):
         if task.cancelled():
             self._abandon()

@@ -248,13 +248,15 @@ class Exchange:
         self._phase = phase
         self.conn.deadline.set(seconds, self._timed_out)
 
-    def _end(self):
-        """Stop waiting and timing, stop counting against the limits; the caller says what is next."""
+    def _end(self, release=True):
+        """Stop waiting and timing, stop counting against the limits (unless the request goes on
+        over another connection: ``release`` False); the caller says what is next."""
         self._ended = True
         self._client_watch.cancel()
         self.upstream.watch.cancel()
         self.conn.deadline.clear()
-        self.proxy.limits.release(self.upstream.role)
+        if release:
+            self.proxy.limits.release(self.upstream.role)
         self.proxy.exchanges.discard(self)
         self.conn.exchange = None
 
@@ -285,7 +287,7 @@ class Exchange:
         """The upstream closed without a byte of response."""
         head = self.head
         if self.upstream.reused and not head.content_length and not head.chunked:
-            self._end()
+            self._end(release=False)  # still admitted: the request goes on over a new connection
             self.upstream.close()
             self.stale()
             return

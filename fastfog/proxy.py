@@ -605,20 +605,28 @@ class Proxy:
                                             f"Forwarding {head.scheme} URLs is not supported; use CONNECT",
                                             close=True))
             return
-        self._open_forward(conn, head, fields, started, head.version != "1.0")
-
-    def _open_forward(self, conn, head, fields, started, reuse):
-        """``reuse``: an idle pooled connection may serve; not when a pooled one just failed us."""
         def opened(upstream, answer, close):
             if upstream is None:
                 self._answer_unopened(conn, answer, close)
                 return
             if self.webhooks is not None:
                 self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
-            Exchange(self, conn, head, fields, upstream, started,
-                     lambda: self._open_forward(conn, head, fields, started, False)).start()
+            self._exchange(conn, head, fields, upstream, started)
 
-        Opening(self, conn, head, fields, False, opened, reuse).start()
+        Opening(self, conn, head, fields, False, opened, head.version != "1.0").start()
+
+    def _exchange(self, conn, head, fields, upstream, started):
+        """Forward the request over ``upstream``. A pooled connection that the server had closed
+        before answering is dialed afresh to the address already decided and classified: the
+        request is not admitted, counted or announced a second time."""
+        def redialed(fresh, answer, close):
+            if fresh is None:
+                self._answer_unopened(conn, answer, close)
+            else:
+                self._exchange(conn, head, fields, fresh, started)
+
+        Exchange(self, conn, head, fields, upstream, started,
+                 lambda: Opening(self, conn, head, fields, False, redialed).redial(upstream)).start()
 
     def request_events(self, head, fields, upstream, started):
         """The webhook events of a forwarded request."""

@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import threading
 import time
 import weakref
 
@@ -345,3 +346,57 @@ def test_a_client_that_hangs_up_mid_response_is_not_retried(start_proxy, http_or
         read_head(sock)  # ...and the client leaves before the body ends
     time.sleep(2.5)
     assert [entry["method"] for entry in http_origin.requests] == ["GET", "DELETE"]
+
+
+class HangUpOnSecondRequest:
+    """An origin that answers a connection's first request (kept alive), then closes the
+    connection when its second request arrives, without a byte of answer: a pooled connection
+    found dead when used."""
+
+    def __init__(self, host, port):
+        self.listener = socket.create_server((host, port))
+        self.connections = 0
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.requests += 1
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(65536)  # the next request: hang up unanswered
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_dead_pooled_connection_is_dialed_again_without_admitting_the_request_again(start_proxy):
+    origin = HangUpOnSecondRequest(netns.ORIGIN, 8080)
+    # Two requests may be admitted; admitting the second one twice would make it a 429.
+    proxy = start_proxy("--max-request-rate", "0.01", "--max-request-burst", "2")
+    try:
+        with socket.create_connection(proxy.address, timeout=10) as sock:
+            for _ in range(2):
+                sock.sendall(request("http://origin.test:8080/"))
+                head, body = read_response(sock)
+                assert (head.status, body) == (200, b"ok")
+        assert (origin.connections, origin.requests) == (2, 2)
+        decisions = proxy.records("CANONICAL-PROXY-DECISION", wait_for=2)
+        assert [record["status_code"] for record in decisions] == [200, 200]
+        assert len(proxy.records("CANONICAL-PROXY-DECISION")) == 2  # counted once each
+    finally:
+        origin.close()
