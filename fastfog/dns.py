@@ -58,9 +58,10 @@ class Resolver:
         self._negative_ttl = settings["negative_ttl"]
         self._cache = {}
         self._inflight = {}
-        # Two tries (a lost UDP packet is retried); wait_for below holds the overall limit.
+        # c-ares retries a lost UDP packet on its own schedule, which can end before
+        # dns_timeout; _query asks again until the whole budget is spent (_lookup holds it).
         self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None, loop=self._loop,
-                                            timeout=timeout, tries=2)
+                                            timeout=max(timeout / 4, 0.1), tries=4)
 
     def close(self):
         self._resolver.cancel()
@@ -89,14 +90,27 @@ class Resolver:
             pending.add_done_callback(lambda _, name=name: self._inflight.pop(name, None))
         return await asyncio.shield(pending)
 
+    async def _query(self, name, query_type, deadline):
+        """One question, asked again while c-ares gives up (a timeout) before ``deadline``."""
+        while True:
+            try:
+                return await self._resolver.query_dns(name, query_type)
+            except aiodns.error.DNSError as err:
+                if err.args[0] != pycares.errno.ARES_ETIMEOUT or self._loop.time() >= deadline:
+                    raise
+
     async def _lookup(self, name):
-        queries = [self._resolver.query_dns(name, query_type) for query_type in self._types]
-        try:
-            results = await asyncio.wait_for(asyncio.gather(*queries, return_exceptions=True), self._timeout)
-        except asyncio.TimeoutError:
-            for query in queries:
-                query.cancel()
-            raise ResolveError(f"lookup {name}: i/o timeout", timeout=True) from None
+        """Every question of ``network`` within dns_timeout; the addresses of those answered. A
+        question still unanswered at the deadline (an AAAA a server ignores, say) does not throw
+        away the addresses of another (as Go's resolver)."""
+        deadline = self._loop.time() + self._timeout
+        queries = [self._loop.create_task(self._query(name, query_type, deadline)) for query_type in self._types]
+        done, pending = await asyncio.wait(queries, timeout=self._timeout)
+        for query in pending:
+            query.cancel()
+        results = [query.exception() or query.result() for query in queries if query in done]  # A first
+        if pending and not any(not isinstance(result, BaseException) and result.answer for result in results):
+            raise ResolveError(f"lookup {name}: i/o timeout", timeout=True)
         addresses, ttl, failure = [], None, None
         for result in results:
             if isinstance(result, aiodns.error.DNSError):

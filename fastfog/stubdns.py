@@ -14,7 +14,9 @@ from collections import Counter
 
 SERVFAIL = "servfail"
 SILENT = "silent"
+SILENT_A, SILENT_AAAA = "silent:A", "silent:AAAA"  # in a list of addresses: that type never answered
 _TYPE_A, _TYPE_AAAA = 1, 28
+_SILENT_TYPES = {SILENT_A: _TYPE_A, SILENT_AAAA: _TYPE_AAAA}
 
 
 def _read_name(message, offset):
@@ -31,7 +33,8 @@ def _read_name(message, offset):
 
 
 class StubDNS(asyncio.DatagramProtocol):
-    """Records: {name: list of addresses, or SERVFAIL, or SILENT}; every answer has ``ttl``."""
+    """Records: {name: list of addresses (SILENT_A or SILENT_AAAA among them: that question is never
+    answered), or SERVFAIL, or SILENT}; every answer has ``ttl``."""
 
     def __init__(self, records, ttl=60):
         self.records = {name.lower().rstrip("."): value for name, value in records.items()}
@@ -67,7 +70,11 @@ class StubDNS(asyncio.DatagramProtocol):
         elif value == SERVFAIL:
             rcode = 2
         else:
+            if any(_SILENT_TYPES.get(address) == qtype for address in value):
+                return None
             for address in value:
+                if address in _SILENT_TYPES:
+                    continue
                 ip = ipaddress.ip_address(address)
                 if (ip.version, qtype) in ((4, _TYPE_A), (6, _TYPE_AAAA)):
                     answers.append(struct.pack("!HHHIH", 0xC00C, qtype, 1, self.ttl, len(ip.packed)) + ip.packed)

@@ -30,6 +30,8 @@ RECORDS = {
     "private-proxy.test": ["10.0.0.2"],
     "servfail.test": stubdns.SERVFAIL,
     "silent.test": stubdns.SILENT,
+    "slow-aaaa.test": [netns.ORIGIN, stubdns.SILENT_AAAA],
+    "slow-a.test": [netns.ORIGIN6, stubdns.SILENT_A],
 }
 
 

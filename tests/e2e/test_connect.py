@@ -402,6 +402,6 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(start_proxy):
         result = subprocess.run([sys.executable, "-m", "fastfog", "serve", *args], capture_output=True, text=True,
                                 timeout=30)
         assert result.returncode == 1
-        [record] = [json.loads(line) for line in result.stderr.splitlines()]
+        [record] = [record for record in map(json.loads, result.stderr.splitlines()) if record["level"] == "error"]
         assert record["msg"] == "cannot start" and "address already in use" in record["error"].lower()
         assert "Traceback" not in result.stderr

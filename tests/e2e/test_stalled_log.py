@@ -54,5 +54,5 @@ def test_requests_are_served_while_nobody_reads_the_log(dns, echo, tmp_path):
     reader.join(5)
     records = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]  # every line whole
     [report] = [record for record in records if record["msg"] == "log records dropped: the log reader was too slow"]
-    assert report["dropped"] == dropped
+    assert report["dropped"] >= dropped  # (a record or two may have been dropped after the scrape)
     assert records[-1]["msg"] == "quitting gracefully"
