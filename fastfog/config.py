@@ -302,6 +302,7 @@ _TCP_KEEPALIVE = block({
 
 _DNS_CACHE = block({
     "max_entries": integer(0),
+    "max_bytes": integer(0),
     "min_ttl": duration,
     "max_ttl": duration,
     "negative_ttl": duration,

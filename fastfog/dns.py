@@ -10,21 +10,30 @@ holds at most ``max_entries`` names (0 turns it off), dropping expired entries
 and then the oldest. Concurrent lookups of one name share one query, so a
 burst of webhooks to the same partner costs one round trip.
 
-Underneath, c-ares (1.23 and later) keeps its own cache of answers for their
-TTL, at most an hour, which pycares gives no way to turn off. So an answer is
-never re-asked before its TTL ends, whatever ``max_ttl`` says; ``max_ttl``
-bounds how long fastfog keeps an answer whose TTL is longer than c-ares'
-limit. Negative answers are cached by fastfog alone.
+The cache is bounded by memory as well as by count: ``max_bytes`` (32 MiB by
+default) of entries as fastfog counts them (a name, its addresses, their
+bookkeeping), so that clients able to choose host names under a wildcard
+domain cannot grow a worker without bound. An entry is a plain tuple.
+
+Underneath, c-ares (1.23 and later) keeps its own cache of whole answers for
+their TTL, at most an hour, which pycares gives no way to turn off or bound:
+about 2.7 KB a name, outside any limit of fastfog's. So a channel serves
+``CHANNEL_NAMES`` new names, then a fresh one takes over and the old one (and
+its cache) is closed once its last lookups have had their time. Within a
+channel an answer is never re-asked before its TTL ends, whatever ``max_ttl``
+says. Negative answers are cached by fastfog alone.
 """
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import aiodns
 import pycares
 
-DEFAULT_CACHE = {"max_entries": 100_000, "min_ttl": 0.0, "max_ttl": 300.0, "negative_ttl": 5.0}
+DEFAULT_CACHE = {"max_entries": 100_000, "max_bytes": 32 << 20, "min_ttl": 0.0, "max_ttl": 300.0,
+                 "negative_ttl": 5.0}
+CHANNEL_NAMES = 1024  # new names a c-ares channel looks up before a fresh one takes over
+ENTRY_BYTES = 200  # what an entry costs beside its texts: its tuple, the dict slot, the str headers
 _QUERY_TYPES = {"ip": ("A", "AAAA"), "ip4": ("A",), "ip6": ("AAAA",)}
 _NOT_FOUND = {pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENONAME}
 
@@ -37,11 +46,11 @@ class ResolveError(Exception):
         self.timeout = timeout
 
 
-@dataclass(slots=True)
-class _Entry:
-    expires: float
-    addresses: tuple | None
-    error: ResolveError | None
+def entry_bytes(name, value):
+    """What fastfog counts an entry as costing (``value``: addresses, or a ResolveError)."""
+    if type(value) is tuple:
+        return ENTRY_BYTES + len(name) + sum(len(address) + 50 for address in value)
+    return ENTRY_BYTES + len(name) + 150
 
 
 class Resolver:
@@ -53,30 +62,60 @@ class Resolver:
         self._types = _QUERY_TYPES[network]
         settings = dict(DEFAULT_CACHE)
         settings.update({key: value for key, value in (cache or {}).items() if value is not None})
-        self._max_entries = settings["max_entries"]
+        self._max_entries, self.max_bytes = settings["max_entries"], settings["max_bytes"]
         self._min_ttl, self._max_ttl = settings["min_ttl"], settings["max_ttl"]
         self._negative_ttl = settings["negative_ttl"]
-        self._cache = {}
+        self._cache = {}  # name -> (expires, addresses or ResolveError)
+        self.cache_bytes = 0
         self._inflight = {}
+        self._nameservers = list(nameservers) or None
+        self._resolver = self._new_channel()
+        self._channel_names = 0
+        self._retiring = set()
+
+    def _new_channel(self):
         # c-ares retries a lost UDP packet on its own schedule, which can end before
         # dns_timeout; _query asks again until the whole budget is spent (_lookup holds it).
-        self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None, loop=self._loop,
-                                            timeout=max(timeout / 4, 0.1), tries=4)
+        return aiodns.DNSResolver(nameservers=self._nameservers, loop=self._loop,
+                                  timeout=max(self._timeout / 4, 0.1), tries=4)
+
+    def _rotate_channel(self):
+        """A fresh channel takes over; the old one (and c-ares' cache in it) closes once every
+        lookup it began has ended (none outlives dns_timeout)."""
+        old, self._resolver, self._channel_names = self._resolver, self._new_channel(), 0
+        self._retiring.add(old)
+
+        def close():
+            self._retiring.discard(old)
+            old.cancel()
+
+        self._loop.call_later(self._timeout + 1.0, close)
 
     def close(self):
         self._resolver.cancel()
+        for old in list(self._retiring):
+            old.cancel()
+
+    @property
+    def cache_entries(self):
+        return len(self._cache)
 
     def cached(self, name):
         """The cached addresses of ``name``, or None: no lookup, no waiting (ResolveError if cached)."""
         entry = self._cache.get(name)
         if entry is None:
             return None
-        if entry.expires <= time.monotonic():
-            del self._cache[name]
+        expires, value = entry
+        if expires <= time.monotonic():
+            self._forget(name)
             return None
-        if entry.error is not None:
-            raise entry.error
-        return entry.addresses
+        if type(value) is not tuple:
+            raise value
+        return value
+
+    def _forget(self, name):
+        _, value = self._cache.pop(name)
+        self.cache_bytes -= entry_bytes(name, value)
 
     async def resolve(self, name):
         """The addresses of ``name`` (text, IPv4 first), or ResolveError."""
@@ -103,6 +142,9 @@ class Resolver:
         """Every question of ``network`` within dns_timeout; the addresses of those answered. A
         question still unanswered at the deadline (an AAAA a server ignores, say) does not throw
         away the addresses of another (as Go's resolver)."""
+        self._channel_names += 1
+        if self._channel_names > CHANNEL_NAMES:
+            self._rotate_channel()
         deadline = self._loop.time() + self._timeout
         queries = [self._loop.create_task(self._query(name, query_type, deadline)) for query_type in self._types]
         done, pending = await asyncio.wait(queries, timeout=self._timeout)
@@ -123,12 +165,12 @@ class Resolver:
                     addresses.append(record.data.addr)
                     ttl = record.ttl if ttl is None else min(ttl, record.ttl)
         if addresses:
-            self._store(name, _Entry(time.monotonic() + min(max(ttl, self._min_ttl), self._max_ttl),
-                                     tuple(addresses), None))
-            return tuple(addresses)
+            addresses = tuple(addresses)
+            self._store(name, time.monotonic() + min(max(ttl, self._min_ttl), self._max_ttl), addresses)
+            return addresses
         error = self._error(name, failure)
         if not error.timeout:
-            self._store(name, _Entry(time.monotonic() + self._negative_ttl, None, error))
+            self._store(name, time.monotonic() + self._negative_ttl, error)
         raise error
 
     @staticmethod
@@ -141,13 +183,20 @@ class Resolver:
             return ResolveError(f"lookup {name}: server misbehaving")
         return ResolveError(f"lookup {name}: {failure.args[1] if len(failure.args) > 1 else failure}")
 
-    def _store(self, name, entry):
-        if self._max_entries <= 0:
+    def _store(self, name, expires, value):
+        """Cache ``value`` (addresses or a ResolveError) for ``name``, within both bounds: expired
+        entries go first, then the oldest."""
+        size = entry_bytes(name, value)
+        if self._max_entries <= 0 or size > self.max_bytes:
             return
-        if len(self._cache) >= self._max_entries:
+        if name in self._cache:
+            self._forget(name)
+        cache = self._cache
+        if len(cache) >= self._max_entries or self.cache_bytes + size > self.max_bytes:
             now = time.monotonic()
-            for key in [key for key, old in self._cache.items() if old.expires <= now]:
-                del self._cache[key]
-            while len(self._cache) >= self._max_entries:
-                del self._cache[next(iter(self._cache))]
-        self._cache[name] = entry
+            for key in [key for key, (old_expires, _) in cache.items() if old_expires <= now]:
+                self._forget(key)
+            while cache and (len(cache) >= self._max_entries or self.cache_bytes + size > self.max_bytes):
+                self._forget(next(iter(cache)))
+        cache[name] = (expires, value)
+        self.cache_bytes += size

@@ -164,6 +164,8 @@ class Proxy:
         self.limits = Limits(config)
         self.metrics = Metrics()
         self.metrics.gauge("requests.concurrent", lambda: self.limits.proxy.requests)
+        self.metrics.gauge("fastfog.dns.cache.entries", lambda: resolver.cache_entries)
+        self.metrics.gauge("fastfog.dns.cache.bytes", lambda: resolver.cache_bytes)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
         self.webhooks = None  # fastfog.webhooks.Webhooks when configured (set by the server)
         self.on_close = None  # called once a connection closes, when set (see server.Acceptor)

@@ -462,6 +462,8 @@ def _status(proxy, reloader, started):
         "last_reload": reloader.last,
         "open_tunnels": len(proxy.tunnels),
         "open_connections": len(proxy.connections),
+        "dns_cache": {"entries": proxy.resolver.cache_entries, "bytes": proxy.resolver.cache_bytes,
+                      "max_bytes": proxy.resolver.max_bytes},
         "serving": proxy.serving,
     }
 

@@ -84,6 +84,7 @@ def test_admin_socket_reload_and_status(start_proxy, tmp_path, echo):
     status, body = admin(path, "GET", "/status")
     assert status == 200
     assert (body["reloads"], body["last_reload"], body["tls"]) == (0, None, False)
+    assert body["dns_cache"] == {"entries": 0, "bytes": 0, "max_bytes": 32 << 20}
     assert sorted(body["acl"]["services"]) == ["webhooks"]
     acl.write_text(NEW_ACL)
     status, body = admin(path, "POST", "/reload")

@@ -112,3 +112,4 @@ def test_resolver_attempts_count_cache_hits_and_the_cache_is_counted(start_proxy
     assert eventually(lambda: samples(scrape(netns.PROXY)[1]).get("resolver_attempts_total") == 3)
     found = samples(scrape(netns.PROXY)[1])
     assert (found["fastfog_dns_cache_hits"], found["fastfog_dns_cache_misses"]) == (2, 1)
+    assert found["fastfog_dns_cache_entries"] == 1 and found["fastfog_dns_cache_bytes"] > 0
