@@ -48,6 +48,7 @@ class Worker:
         self.asked = 0  # requests numbered, so that a late answer is never taken for the next one
         self.starts = 0
         self.started_at = 0.0
+        self.last_figures = None  # its counters and histograms at the last scrape it answered
 
     async def start(self, command, port):
         if self.writer is not None:  # the channel of the worker this one replaces
@@ -62,13 +63,13 @@ class Worker:
         self.starts += 1
         self.started_at = time.monotonic()
 
-    async def ask(self, op):
+    async def ask(self, op, timeout=ASK_TIMEOUT):
         """The worker's answer to ``op``: {"ok": True, "value": ...} or {"ok": False, "error": ...}."""
         async with self.lock:
             self.asked += 1
             try:
                 await send_message(self.writer, {"op": op, "id": self.asked})
-                reply = await asyncio.wait_for(self._answer(self.asked), ASK_TIMEOUT)
+                reply = await asyncio.wait_for(self._answer(self.asked), timeout)
             except (OSError, asyncio.TimeoutError) as err:
                 return {"ok": False, "error": f"worker {self.index} did not answer: {str(err) or 'timeout'}"}
         return reply if reply is not None else {"ok": False, "error": f"worker {self.index} is gone"}
@@ -85,6 +86,43 @@ class Worker:
                 self.process.send_signal(signum)
             except ProcessLookupError:
                 pass
+
+
+class Figures:
+    """The metrics the supervisor serves: every worker's, added up, and never going backwards.
+
+    A counter that drops reads as a reset to Prometheus. So the figures a worker had at its last
+    scrape are carried on once it dies (its replacement counts from zero beside them), and a
+    worker that does not answer a scrape in time is counted with its last figures, logged, and
+    shown in ``fastfog_workers_unreachable``. Gauges are only ever a live worker's own."""
+
+    SCRAPE_TIMEOUT = 3.0
+
+    def __init__(self, workers, log):
+        self.workers, self.log = workers, log
+        self.carried = {"counters": {}, "histograms": {}, "gauges": {}}
+
+    def worker_exited(self, worker):
+        if worker.last_figures is not None:
+            self.carried = merge([self.carried, worker.last_figures])
+            worker.last_figures = None
+
+    async def render(self):
+        replies = await asyncio.gather(*(worker.ask("metrics", self.SCRAPE_TIMEOUT) for worker in self.workers))
+        snapshots, unreachable = [self.carried], 0
+        for worker, reply in zip(self.workers, replies):
+            if reply["ok"]:
+                snapshots.append(reply["value"])
+                worker.last_figures = {**reply["value"], "gauges": {}}
+                continue
+            unreachable += 1
+            self.log.error("a worker did not answer the metrics scrape; its last figures are served",
+                           {"worker": worker.index, "error": reply["error"]})
+            if worker.last_figures is not None:
+                snapshots.append(worker.last_figures)
+        merged = merge(snapshots)
+        merged["gauges"]["fastfog.workers.unreachable"] = unreachable
+        return render_prometheus(merged)
 
 
 def reserve_port(ip, port):
@@ -157,8 +195,10 @@ async def _supervise(config, command, address, log):
         failed.append(True)
         on_signal(signal.SIGTERM)
 
-    watchers = [loop.create_task(_watch(worker, command, address[1], stopping, fail, log)) for worker in workers]
-    servers = await _start_services(config, workers, started, log)
+    figures = Figures(workers, log)
+    watchers = [loop.create_task(_watch(worker, command, address[1], stopping, fail, log, figures.worker_exited))
+                for worker in workers]
+    servers = await _start_services(config, workers, figures, started, log)
     log.info("supervising workers", {"address": peer_text(address), "workers": len(workers),
                                      "pids": [worker.process.pid for worker in workers]})
     if servers is None:  # a service could not start: stop the workers again
@@ -173,11 +213,13 @@ async def _supervise(config, command, address, log):
     return 1 if failed else 0
 
 
-async def _watch(worker, command, port, stopping, fail, log):
-    """Wait for the worker to exit; start it again unless the supervisor is stopping. A worker
-    that could not start at all (its own record says why) stops everything: ``fail()``."""
+async def _watch(worker, command, port, stopping, fail, log, exited):
+    """Wait for the worker to exit (``exited(worker)``); start it again unless the supervisor is
+    stopping. A worker that could not start at all (its own record says why) stops everything:
+    ``fail()``."""
     while True:
         code = await worker.process.wait()
+        exited(worker)
         if stopping.done():
             return
         if worker.starts == 1 and code > 0 and time.monotonic() - worker.started_at < STARTUP_SECONDS:
@@ -199,17 +241,13 @@ async def _watch(worker, command, port, stopping, fail, log):
                 return
 
 
-async def _start_services(config, workers, started, log):
-    """The supervisor's Prometheus endpoint and admin socket; their close functions, or None
-    when one cannot start (logged)."""
+async def _start_services(config, workers, figures, started, log):
+    """The supervisor's Prometheus endpoint (``figures``) and admin socket; their close
+    functions, or None when one cannot start (logged)."""
     closers = []
     if config.expose_prometheus_metrics:
-        async def render():
-            replies = await asyncio.gather(*(worker.ask("metrics") for worker in workers))
-            return render_prometheus(merge([reply["value"] for reply in replies if reply["ok"]]))
-
         try:
-            server = await serve_prometheus(render, config.prometheus_listen_ip, config.prometheus_port,
+            server = await serve_prometheus(figures.render, config.prometheus_listen_ip, config.prometheus_port,
                                             config.prometheus_endpoint)
         except OSError as err:
             log.error("cannot start", {"error": f"cannot serve Prometheus metrics on {config.prometheus_listen_ip}:"

@@ -11,8 +11,6 @@ import time
 import pytest
 from .client import connect, eventually
 
-import netns
-
 VANISHING = "198.51.100.77"
 KEEPALIVE = "tcp_keepalive: {idle: 1s, interval: 1s, count: 2}\n"
 
@@ -34,7 +32,7 @@ def test_accepted_connections_inherit_keepalive_from_the_listener():
 
     listener = open_listener("127.0.0.1", 0, keepalive=KeepAlive({"idle": 2.5, "interval": 3.0, "count": 4}))
     listener.setblocking(True)
-    with listener, socket.create_connection(listener.getsockname()) as client:
+    with listener, socket.create_connection(listener.getsockname()):
         accepted, _ = listener.accept()
         with accepted:
             assert (accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),

@@ -75,3 +75,36 @@ def test_workers_that_cannot_start_stop_the_supervisor(tmp_path):
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert sum(record["msg"] == "cannot start" for record in records) >= 1
     assert "a worker could not start; stopping" in [record["msg"] for record in records]
+
+
+def test_counters_never_go_backwards_when_a_worker_dies_or_does_not_answer(start_proxy, tmp_path, echo):
+    proxy, path = start_workers(start_proxy, tmp_path)
+
+    def tunnels(count):
+        for _ in range(count):
+            sock, head, _ = connect(proxy.address, ECHO)
+            sock.close()
+            assert head.status == 200
+
+    def total():
+        return samples(scrape(netns.PROXY)[1])
+
+    tunnels(20)
+    assert total()['cn_atpt_total{success="true"}'] == 20
+    workers = admin(path, "GET", "/status")[1]["workers"]
+    os.kill(workers[0]["pid"], signal.SIGKILL)
+    assert len(proxy.records("listening", wait_for=3, timeout=20)) == 3
+    found = total()
+    assert found['cn_atpt_total{success="true"}'] == 20  # the dead worker's figures are carried on
+    assert found["fastfog_workers_unreachable"] == 0
+    tunnels(10)
+    assert total()['cn_atpt_total{success="true"}'] == 30
+    stopped = admin(path, "GET", "/status")[1]["workers"][1]["pid"]
+    os.kill(stopped, signal.SIGSTOP)  # alive, but it cannot answer
+    try:
+        found = total()
+        assert found['cn_atpt_total{success="true"}'] >= 30 and found["fastfog_workers_unreachable"] == 1
+        assert proxy.records("a worker did not answer the metrics scrape; its last figures are served",
+                             wait_for=1)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
