@@ -19,6 +19,7 @@ not take effect. A role plugin module is not imported again.
 
 import asyncio
 import gc
+import sys
 import time
 
 from fastfog.config import KEYS, ConfigError
@@ -29,6 +30,7 @@ RESTART_ONLY = frozenset({
     "transport_max_idle_conns_per_host", "workers", "expose_prometheus_metrics", "prometheus_endpoint",
     "prometheus_listen_ip", "prometheus_port", "statsd_address", "webhook", "tcp_keepalive", "log_buffer_bytes",
 })
+LOADING_SWITCH_INTERVAL = 0.0005  # seconds: how long the loop may wait for the GIL during a load
 # Compared through what they load (the ACL's rules, the TLS files), not as settings.
 LOADED = frozenset({"acl_file", "tls"})
 
@@ -96,11 +98,15 @@ class Reloader:
             config = self.load()
             return config, changes(self.proxy.config, config)
 
-        collecting = gc.isenabled()
+        collecting, interval = gc.isenabled(), sys.getswitchinterval()
         gc.disable()
+        # The loop waits for the GIL each time it wakes while the thread holds it: up to the
+        # switch interval (5 ms by default) per wake, several wakes per request. Shorter for now.
+        sys.setswitchinterval(LOADING_SWITCH_INTERVAL)
         try:
             return await asyncio.get_running_loop().run_in_executor(None, load)
         finally:
+            sys.setswitchinterval(interval)
             if collecting:
                 gc.enable()
 
