@@ -8,8 +8,10 @@ far more traffic than the proxy under test can take (``fastfog bench`` checks
 that with the direct baseline). Several processes split the slots when one is
 not enough.
 
-Results are plain dicts (counts, errors, latencies in seconds) so the parent
-can merge them across processes.
+Results are plain dicts (counts, errors, a latency histogram) so the parent
+can merge them across processes. This is the pure-Python twin of the compiled
+engine (``_engine.pyx``), which ``fastfog bench`` uses when it is built: the
+same workloads and the same results.
 """
 
 import asyncio
@@ -31,12 +33,61 @@ def connect_head(host, port):
     return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
 
 
+class Latencies:
+    """A latency histogram: 1 µs buckets below 10 ms, 100 µs buckets up to 10 s (slower ones in
+    the last). ``counts`` is {bucket: count}, plain data that adds up across processes; the
+    compiled engine (``_engine.pyx``) fills the same buckets."""
+
+    FINE_US, COARSE_US, BUCKETS = 10_000, 100, 110_000
+
+    def __init__(self, counts=None):
+        self.counts = dict(counts or {})
+
+    @classmethod
+    def bucket(cls, seconds):
+        return cls.bucket_ns(round(seconds * 1e9))
+
+    @classmethod
+    def bucket_ns(cls, ns):
+        us = max(ns, 0) // 1000
+        if us < cls.FINE_US:
+            return us
+        return min(cls.FINE_US + (us - cls.FINE_US) // cls.COARSE_US, cls.BUCKETS - 1)
+
+    @classmethod
+    def seconds(cls, bucket):
+        """The middle of a bucket."""
+        if bucket < cls.FINE_US:
+            return (bucket + 0.5) / 1e6
+        return (cls.FINE_US + (bucket - cls.FINE_US + 0.5) * cls.COARSE_US) / 1e6
+
+    def record(self, seconds):
+        bucket = self.bucket(seconds)
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+
+    def add(self, counts):
+        for bucket, count in counts.items():
+            self.counts[bucket] = self.counts.get(bucket, 0) + count
+
+    def percentile(self, fraction):
+        """Seconds, or None when nothing was measured."""
+        total = sum(self.counts.values())
+        if not total:
+            return None
+        rank, seen = min(total - 1, int(fraction * total)), 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen > rank:
+                return self.seconds(bucket)
+        return None
+
+
 class Tally:
     """What one load process saw: completed transactions, their latencies, errors by kind."""
 
     def __init__(self):
         self.done = 0
-        self.latencies = []
+        self.latencies = Latencies()
         self.errors = {}
         self.bytes_up = self.bytes_down = 0
         self.seconds_up = self.seconds_down = 0.0
@@ -45,7 +96,9 @@ class Tally:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def as_dict(self):
-        return dict(self.__dict__)
+        found = dict(self.__dict__)
+        found["latency_counts"] = found.pop("latencies").counts
+        return found
 
 
 class _Dial:
@@ -100,9 +153,9 @@ class _Tunnel(_Dial):
 
     __slots__ = ("work", "sock", "fd", "started", "head", "received", "buffer")
 
-    def __init__(self, work):
+    def __init__(self, work, started):
         self.work = work
-        self.started = time.perf_counter()
+        self.started = started  # now, or (open loop) when it was scheduled to start
         self.received = 0
         self.buffer = b""
         self.dial()
@@ -141,7 +194,7 @@ class _Tunnel(_Dial):
         self._close()
         work = self.work
         work.tally.done += 1
-        work.tally.latencies.append(time.perf_counter() - self.started)
+        work.tally.latencies.record(time.perf_counter() - self.started)
         work.next()
 
 
@@ -151,7 +204,7 @@ class _KeepAlive(_Dial):
 
     __slots__ = ("work", "sock", "fd", "started", "buffer", "expected")
 
-    def __init__(self, work):
+    def __init__(self, work, started):
         self.work = work
         self.buffer = b""
         self.expected = -1
@@ -189,7 +242,7 @@ class _KeepAlive(_Dial):
         if len(self.buffer) >= self.expected:
             work = self.work
             work.tally.done += 1
-            work.tally.latencies.append(time.perf_counter() - self.started)
+            work.tally.latencies.record(time.perf_counter() - self.started)
             self.buffer = self.buffer[self.expected:]
             self.expected = -1
             if work.running():
@@ -205,7 +258,8 @@ class Workload:
 
     Closed loop by default (each slot starts its next transaction when one ends); with
     ``rate``, open loop: a new transaction every 1/rate seconds, however long the others take,
-    so a slow proxy shows as latency rather than as fewer requests.
+    so a slow proxy shows as latency rather than as fewer requests, each latency counted from
+    the transaction's scheduled start (a late loop does not hide the wait).
     """
 
     def __init__(self, loop, kind, target, concurrency, seconds, *, head=None, request=b"", reply_size=0,
@@ -221,8 +275,7 @@ class Workload:
 
     def start(self):
         if self.rate:
-            self._started_at = self.loop.time()
-            self._ticks = 0
+            self._next = time.perf_counter()
             self._tick()
             return
         for _ in range(self.concurrency):
@@ -232,16 +285,18 @@ class Workload:
         if not self.running():
             self._maybe_finish()
             return
-        self._open()
-        self._ticks += 1
-        self.loop.call_at(self._started_at + self._ticks / self.rate, self._tick)
+        now = time.perf_counter()
+        while self._next <= now:
+            self._open(self._next)
+            self._next += 1 / self.rate
+        self.loop.call_later(self._next - now, self._tick)
 
     def running(self):
         return time.perf_counter() < self.deadline
 
-    def _open(self):
+    def _open(self, started=None):
         self.active += 1
-        self.kind(self)
+        self.kind(self, time.perf_counter() if started is None else started)
 
     def next(self):
         """A transaction ended: in a closed loop its slot opens the next one; finish when time is up."""
@@ -269,13 +324,17 @@ async def run_connect(target, origin, concurrency, seconds, request_size, reply_
     return work.tally
 
 
+def http_request(target, origin):
+    """The ``http`` workload's GET: absolute-form through a proxy, origin-form straight to it."""
+    host = f"[{origin[0]}]:{origin[1]}" if ":" in origin[0] else f"{origin[0]}:{origin[1]}"
+    path = f"http://{host}/" if target is not None else "/"
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fastfog-bench\r\n\r\n".encode()
+
+
 async def run_http(target, origin, concurrency, seconds):
     """Keep-alive GETs through the proxy at ``target`` (absolute URI), or straight to origin."""
     loop = asyncio.get_running_loop()
-    host = f"[{origin[0]}]:{origin[1]}" if ":" in origin[0] else f"{origin[0]}:{origin[1]}"
-    path = f"http://{host}/" if target is not None else "/"
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fastfog-bench\r\n\r\n".encode()
-    work = Workload(loop, _KeepAlive, target or origin, concurrency, seconds, request=request)
+    work = Workload(loop, _KeepAlive, target or origin, concurrency, seconds, request=http_request(target, origin))
     work.start()
     await work.finished
     return work.tally

@@ -15,28 +15,42 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import uvloop
 
-from fastfog import stubdns
+from fastfog import hotpaths, stubdns
 from fastfog.bench import load, netns, servers
+
+if hotpaths.COMPILED:  # the same switch as the proxy's core: FASTFOG_NO_EXTENSIONS=1 selects the twin
+    from fastfog.bench import _engine as engine
+else:
+    engine = None
 
 PROXY_HOST, ORIGIN_HOST, DNS_HOST = "203.0.113.1", "203.0.113.10", "203.0.113.53"
 LOOPBACK = "127.0.0.1"
 PORTS = {"reply": 7001, "http": 8080, "bulk": 7003, "dns": 5353, "proxy": 4750}
 ORIGIN_NAME = "origin.bench.test"
+INSTALLED_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds fastfog/
 
 
 class Bench:
     """Where everything lives for one run, and which CPUs each side gets."""
 
-    def __init__(self, load_processes=None):
-        self.namespaced = os.geteuid() == 0 and netns.enter([PROXY_HOST, ORIGIN_HOST, DNS_HOST]) is None
+    def __init__(self, load_processes=None, namespace=True):
+        self.namespaced = (namespace and os.geteuid() == 0
+                           and netns.enter([PROXY_HOST, ORIGIN_HOST, DNS_HOST]) is None)
         self.proxy_host = PROXY_HOST if self.namespaced else LOOPBACK
         self.origin_host = ORIGIN_HOST if self.namespaced else LOOPBACK
         self.dns_host = DNS_HOST if self.namespaced else LOOPBACK
+        # In a namespace of its own every port is free; on the shared loopback each is checked
+        # first, so that a proxy or server already there is never what gets measured.
+        self.ports = dict(PORTS)
+        if not self.namespaced:
+            for kind, port in PORTS.items():
+                self.ports[kind] = _free_port(LOOPBACK, port, socket.SOCK_DGRAM if kind == "dns" else socket.SOCK_STREAM)
         cpus = sorted(os.sched_getaffinity(0))
         self.proxy_cpus = cpus[:1] if len(cpus) > 1 else cpus
         self.load_cpus = cpus[1:] if len(cpus) > 1 else cpus
@@ -44,7 +58,7 @@ class Bench:
         self.children = []
 
     def origin(self, kind):
-        return (self.origin_host, PORTS[kind])
+        return (self.origin_host, self.ports[kind])
 
     def start_origins(self, bulk_size):
         """The origin servers and stub DNS, in a process of their own on the load CPUs."""
@@ -57,15 +71,23 @@ class Bench:
         self.children.append(process)
 
     def start_fastfog(self, extra_flags=()):
+        """This very installation of fastfog (this interpreter, started where this package lives,
+        so a source tree in the working directory is never what runs), pinned to its CPU."""
         args = [sys.executable, "-m", "fastfog", "serve", "--listen-ip", self.proxy_host,
-                "--listen-port", str(PORTS["proxy"]),
-                "--resolver-address", f"{self.dns_host}:{PORTS['dns']}",
+                "--listen-port", str(self.ports["proxy"]),
+                "--resolver-address", f"{self.dns_host}:{self.ports['dns']}",
                 "--allow-range", f"{self.origin_host}/32", *extra_flags]
-        proxy = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 preexec_fn=lambda: os.sched_setaffinity(0, self.proxy_cpus))
-        self.children.append(proxy)
-        _wait_listening((self.proxy_host, PORTS["proxy"]), proxy)
-        return proxy
+        return self.start_proxy(args, self.ports["proxy"])
+
+    def start_proxy(self, args, port):
+        """A proxy process pinned to the proxy CPU, its standard error kept for when it fails."""
+        errors = tempfile.TemporaryFile()
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errors, cwd=INSTALLED_ROOT,
+                                   preexec_fn=lambda: os.sched_setaffinity(0, self.proxy_cpus))
+        process.errors = errors
+        self.children.append(process)
+        _wait_listening((self.proxy_host, port), process)
+        return process
 
     def run_load(self, workload, target, processes=None, **options):
         """Run ``workload`` in ``processes`` (default load_processes) pinned processes; the merged tally."""
@@ -98,28 +120,64 @@ class Bench:
                 child.join(5)
 
 
+class BenchError(Exception):
+    """What stops a run, said plainly (a port taken, a proxy that would not start)."""
+
+
+def _free_port(host, preferred, kind=socket.SOCK_STREAM):
+    """``preferred`` when nothing uses it on ``host``, else one the kernel picks."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise BenchError(f"no free port on {host}")
+
+
+def _last_lines(process, count=15):
+    process.errors.seek(0)
+    lines = process.errors.read().decode("utf-8", "replace").splitlines()
+    return "\n".join("    " + line for line in lines[-count:]) or "    (nothing on its standard error)"
+
+
 def _wait_listening(address, process, seconds=20):
     deadline = time.monotonic() + seconds
+    where = f"{address[0]}:{address[1]}"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the proxy exited with status {process.returncode}")
+            raise BenchError(f"the proxy meant to listen on {where} exited with status {process.returncode}; "
+                             f"the last lines of its standard error:\n{_last_lines(process)}")
         try:
             socket.create_connection(address, timeout=1).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"the proxy did not listen on {address[0]}:{address[1]} within {seconds}s")
+    raise BenchError(f"the proxy did not listen on {where} within {seconds}s; the last lines of its standard "
+                     f"error:\n{_last_lines(process)}")
 
 
 def _serve_origins(bench, bulk_size, ready):
     os.sched_setaffinity(0, bench.load_cpus)
+    if engine is not None:  # the reply and http origins in C, in a process of their own
+        stop_read, stop_write = os.pipe()  # closed (so readable) when this process ends
+        if os.fork() == 0:
+            os.close(stop_write)
+            try:
+                engine.serve_origins(bench.origin("reply"), bench.origin("http"), servers.REQUEST_SIZE,
+                                     b"r" * servers.REPLY_SIZE, servers.http_response(servers.REPLY_SIZE), stop_read)
+            finally:
+                os._exit(0)
+        os.close(stop_read)
 
     async def main():
-        await servers.start("reply", *bench.origin("reply"))
-        await servers.start("http", *bench.origin("http"))
+        if engine is None:
+            await servers.start("reply", *bench.origin("reply"))
+            await servers.start("http", *bench.origin("http"))
         bulk = socket.create_server(bench.origin("bulk"), backlog=16)
         threading.Thread(target=servers.serve_bulk, args=(bulk, bulk_size), daemon=True).start()
-        await stubdns.start(bench.dns_host, PORTS["dns"], {ORIGIN_NAME: [bench.origin_host]}, ttl=300)
+        await stubdns.start(bench.dns_host, bench.ports["dns"], {ORIGIN_NAME: [bench.origin_host]}, ttl=300)
         ready.set()
         await asyncio.get_running_loop().create_future()
 
@@ -129,40 +187,49 @@ def _serve_origins(bench, bulk_size, ready):
 def _load_process(bench, index, workload, target, concurrency, options, pipe):
     os.sched_setaffinity(0, [bench.load_cpus[index % len(bench.load_cpus)]])
     started = time.process_time()
-    if workload == "connect":
-        tally = uvloop.run(load.run_connect(target, options["origin"], concurrency, options["seconds"],
-                                            options["request_size"], options["reply_size"], options.get("rate"),
-                                            options.get("by_name")))
-    elif workload == "http":
-        tally = uvloop.run(load.run_http(target, options["origin"], concurrency, options["seconds"]))
+    if workload in ("connect", "http") and engine is not None:
+        result = _engine_load(workload, target, concurrency, options)
     else:
-        tally = load.run_bulk(target, options["origin"], options["size"])
-    result = tally.as_dict()
+        if workload == "connect":
+            tally = uvloop.run(load.run_connect(target, options["origin"], concurrency, options["seconds"],
+                                                options["request_size"], options["reply_size"], options.get("rate"),
+                                                options.get("by_name")))
+        elif workload == "http":
+            tally = uvloop.run(load.run_http(target, options["origin"], concurrency, options["seconds"]))
+        else:
+            tally = load.run_bulk(target, options["origin"], options["size"])
+        result = tally.as_dict()
     result["cpu"] = time.process_time() - started
     pipe.send(result)
 
 
+def _engine_load(workload, target, concurrency, options):
+    """A connect or http workload on the compiled engine: the same transactions as load.py's."""
+    origin = options["origin"]
+    if workload == "connect":
+        head = None if target is None else load.connect_head(options.get("by_name") or origin[0], origin[1])
+        return engine.run_load(engine.TUNNEL, target or origin, head, b"q" * options["request_size"],
+                               options["reply_size"], concurrency, options["seconds"], options.get("rate") or 0.0)
+    return engine.run_load(engine.HTTP, target or origin, None, load.http_request(target, origin), 0,
+                           concurrency, options["seconds"])
+
+
 def merge(tallies):
-    merged = {"done": 0, "latencies": [], "errors": {}, "cpu": 0.0,
+    merged = {"done": 0, "latency_counts": {}, "errors": {}, "cpu": 0.0,
               "bytes_up": 0, "bytes_down": 0, "seconds_up": 0.0, "seconds_down": 0.0}
+    latencies = load.Latencies()
     for tally in tallies:
         merged["done"] += tally["done"]
-        merged["latencies"] += tally["latencies"]
+        latencies.add(tally.get("latency_counts", {}))
         merged["cpu"] += tally["cpu"]
         for kind, count in tally["errors"].items():
             merged["errors"][kind] = merged["errors"].get(kind, 0) + count
         for key in ("bytes_up", "bytes_down"):
-            merged[key] += tally[key]
+            merged[key] += tally.get(key, 0)
         for key in ("seconds_up", "seconds_down"):
-            merged[key] = max(merged[key], tally[key])
+            merged[key] = max(merged[key], tally.get(key, 0.0))
+    merged["latency_counts"] = latencies.counts
     return merged
-
-
-def percentile(values, fraction):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def proxy_cpu_seconds(pid):
@@ -198,9 +265,13 @@ UNITS = {"connect": "tunnels/s", "http": "requests/s", "bulk": "GB/s up", "fixed
 
 
 def _latencies(tally):
-    values = tally["latencies"]
-    return {"p50_ms": percentile(values, .5) * 1e3, "p99_ms": percentile(values, .99) * 1e3,
-            "p999_ms": percentile(values, .999) * 1e3}
+    """p50, p99 and p99.9 in ms (None where nothing was measured)."""
+    latencies = load.Latencies(tally["latency_counts"])
+    found = {}
+    for key, fraction in (("p50_ms", .5), ("p99_ms", .99), ("p999_ms", .999)):
+        seconds = latencies.percentile(fraction)
+        found[key] = None if seconds is None else seconds * 1e3
+    return found
 
 
 def measure(bench, workload, target, args):
@@ -322,21 +393,21 @@ def add_arguments(parser):
     parser.add_argument("--vs-address", action="append", default=[], metavar="NAME=HOST:PORT",
                         help="another proxy already running")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--no-namespace", action="store_true",
+                        help="run on loopback even as root (free ports are checked and picked)")
 
 
 def _start_targets(bench, args):
     targets = [Target("direct")]
     if not args.no_fastfog:
         proxy = bench.start_fastfog(shlex.split(args.fastfog_flags))
-        targets.append(Target("fastfog", (bench.proxy_host, PORTS["proxy"]), proxy))
+        targets.append(Target("fastfog", (bench.proxy_host, bench.ports["proxy"]), proxy))
     for index, spec in enumerate(args.vs):
         name, _, command = spec.partition("=")
-        port = PORTS["proxy"] + 1 + index
-        process = subprocess.Popen(shlex.split(command.replace("{port}", str(port))), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL,
-                                   preexec_fn=lambda: os.sched_setaffinity(0, bench.proxy_cpus))
-        bench.children.append(process)
-        _wait_listening((bench.proxy_host, port), process)
+        port = bench.ports["proxy"] + 1 + index
+        if not bench.namespaced:
+            port = _free_port(LOOPBACK, port)
+        process = bench.start_proxy(shlex.split(command.replace("{port}", str(port))), port)
         targets.append(Target(name, (bench.proxy_host, port), process))
     for spec in args.vs_address:
         name, _, address = spec.partition("=")
@@ -351,7 +422,7 @@ def main(args):
     if unknown:
         print(f"fastfog bench: unknown workloads: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    bench = Bench(args.load_processes)
+    bench = Bench(args.load_processes, namespace=not args.no_namespace)
     where = "a private network namespace" if bench.namespaced else "loopback (not root: no namespace)"
     print(f"fastfog bench: in {where}; proxy on CPU {','.join(map(str, bench.proxy_cpus))}, load generator "
           f"({bench.load_processes} processes) and origins on CPU {','.join(map(str, bench.load_cpus))}"
@@ -359,7 +430,11 @@ def main(args):
     results = []
     try:
         bench.start_origins(args.bulk_size)
-        targets = _start_targets(bench, args)
+        try:
+            targets = _start_targets(bench, args)
+        except BenchError as err:
+            print(f"fastfog bench: {err}", file=sys.stderr)
+            return 1
         for workload in workloads:
             for target in targets:
                 if target.address is None and workload in PROXY_ONLY:
@@ -387,7 +462,8 @@ def main(args):
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"results": results, "proxy_cpus": bench.proxy_cpus, "load_cpus": bench.load_cpus,
-                       "namespaced": bench.namespaced}, out, indent=1)
+                       "namespaced": bench.namespaced, "ports": bench.ports,
+                       "load_generator": "compiled" if engine is not None else "pure-Python"}, out, indent=1)
     failed = [result for result in results if result["errors"]]
     for result in failed:
         print(f"errors: {result['workload']} / {result['target']}: {result['errors']}", file=sys.stderr)

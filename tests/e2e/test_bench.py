@@ -59,3 +59,31 @@ def test_another_proxy_started_by_command_gets_its_column_and_comparison(tmp_pat
     header, _, connect_row = result.stdout.splitlines()[:3]
     assert header.split() == ["workload", "unit", "direct", "fastfog", "again"]
     assert "x again]" in connect_row
+
+
+def test_a_port_already_taken_is_never_what_gets_measured(tmp_path):
+    """On loopback, a proxy of someone else's on the usual port is left alone: fastfog bench
+    starts its own on a free port and measures that one."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 4750)):  # listening, and never answering
+        result, data = run_bench(tmp_path, "--no-namespace", "--workloads", "connect")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not data["namespaced"] and data["ports"]["proxy"] != 4750
+    assert all(row["errors"] == {} and row["value"] > 0 for row in data["results"])
+
+
+def test_a_proxy_that_exits_at_once_is_reported_with_its_stderr(tmp_path):
+    result, data = run_bench(tmp_path, "--workloads", "connect", "--fastfog-flags=--no-such-flag")
+    assert result.returncode == 1 and data is None
+    assert "exited with status 2" in result.stderr
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_latency_figures_are_in_the_json_and_the_load_generator_is_named(tmp_path):
+    result, data = run_bench(tmp_path, "--workloads", "connect,http,fixed-rate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert data["load_generator"] in ("compiled", "pure-Python")
+    for row in data["results"]:
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"], row
