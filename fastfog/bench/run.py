@@ -39,7 +39,7 @@ INSTALLED_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath
 class Bench:
     """Where everything lives for one run, and which CPUs each side gets."""
 
-    def __init__(self, load_processes=None, namespace=True):
+    def __init__(self, load_processes=None, namespace=True, proxy_cpus=1):
         self.namespaced = (namespace and os.geteuid() == 0
                            and netns.enter([PROXY_HOST, ORIGIN_HOST, DNS_HOST]) is None)
         self.proxy_host = PROXY_HOST if self.namespaced else LOOPBACK
@@ -52,8 +52,8 @@ class Bench:
             for kind, port in PORTS.items():
                 self.ports[kind] = _free_port(LOOPBACK, port, socket.SOCK_DGRAM if kind == "dns" else socket.SOCK_STREAM)
         cpus = sorted(os.sched_getaffinity(0))
-        self.proxy_cpus = cpus[:1] if len(cpus) > 1 else cpus
-        self.load_cpus = cpus[1:] if len(cpus) > 1 else cpus
+        self.proxy_cpus = cpus[:proxy_cpus] if len(cpus) > proxy_cpus else cpus
+        self.load_cpus = cpus[len(self.proxy_cpus):] or cpus  # none left: they share
         self.load_processes = load_processes or len(self.load_cpus)
         self.children = []
 
@@ -102,10 +102,24 @@ class Bench:
             process.start()
             pipes.append(receiving)
             children.append(process)
-        tallies = [pipe.recv() for pipe in pipes]
+        seconds = options.get("seconds", 0.0)
+        started = time.monotonic()
+        tallies = []
+        for pipe in pipes:
+            while not pipe.poll(0.25):
+                self.progress(time.monotonic() - started, seconds)
+            tallies.append(pipe.recv())
         for process in children:
             process.join()
         return merge(tallies)
+
+    progress_label = ""
+
+    def progress(self, elapsed, seconds):
+        """On a terminal, the running workload's elapsed and remaining seconds, on one line."""
+        if sys.stderr.isatty() and self.progress_label:
+            print(f"\r  {self.progress_label}: {elapsed:4.1f} s, {max(seconds - elapsed, 0):4.1f} s to go   ",
+                  end="", file=sys.stderr, flush=True)
 
     def close(self):
         for child in self.children:
@@ -232,6 +246,43 @@ def merge(tallies):
     return merged
 
 
+def cpu_times():
+    """{cpu: (busy, total)} in clock ticks since boot, from /proc/stat."""
+    found = {}
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                ticks = [int(field) for field in fields]
+                found[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))  # less idle, iowait
+    return found
+
+
+def busy_share(before, after, cpus):
+    """How busy ``cpus`` were between two cpu_times() readings (0 to 1), or None."""
+    busy = sum(after[cpu][0] - before[cpu][0] for cpu in cpus if cpu in before and cpu in after)
+    total = sum(after[cpu][1] - before[cpu][1] for cpu in cpus if cpu in before and cpu in after)
+    return busy / total if total else None
+
+
+SATURATED = 0.9
+
+
+def bound(bench, target, before, after):
+    """Which side limited a figure: the proxy's CPUs or the load side's (the load generator and
+    the origins), by how busy each was. A figure where the load side was saturated shows the
+    load generator's limit, not the proxy's: it is flagged."""
+    load = busy_share(before, after, bench.load_cpus)
+    proxy = None if target.address is None or bench.proxy_cpus == bench.load_cpus else busy_share(
+        before, after, bench.proxy_cpus)
+    load_saturated = load is not None and load >= SATURATED
+    if target.address is None or proxy is None:
+        side = "load" if load_saturated else None
+    else:
+        side = "proxy" if proxy >= max(load or 0, SATURATED * 0.95) else "load" if load_saturated else None
+    return {"load_cpu_busy": load, "proxy_cpu_busy": proxy, "bound_by": side, "load_saturated": load_saturated}
+
+
 def proxy_cpu_seconds(pid):
     """User + system CPU seconds of a process so far (from /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -284,8 +335,10 @@ def measure(bench, workload, target, args):
     if workload in ("connect", "http"):
         if args.warmup:
             bench.run_load(workload, target.address, **{**options, "seconds": args.warmup})
+        busy_before = cpu_times()
         tally = bench.run_load(workload, target.address, **options)
         result.update(value=tally["done"] / args.seconds, **_latencies(tally))
+        result.update(bound(bench, target, busy_before, cpu_times()))
     elif workload == "bulk":
         tally = bench.run_load("bulk", target.address, **options)
         result.update(value=tally["bytes_up"] / max(tally["seconds_up"], 1e-9) / 1e9,
@@ -305,7 +358,7 @@ def measure(bench, workload, target, args):
         tally = {"done": open_at_end, "errors": dict(errors), "cpu": 0.0}
         if open_at_end < len(sockets):
             tally["errors"]["closed while idle"] = len(sockets) - open_at_end
-        result.update(value=(after - before) / max(len(sockets), 1) if before is not None else float("nan"),
+        result.update(value=(after - before) / max(len(sockets), 1) if before is not None else None,
                       tunnels=len(sockets))
     else:  # dns: CONNECT by host name through the stub resolver, then by IP literal
         if args.warmup:  # both measured runs start warm (the name cached, the proxy busy already)
@@ -331,7 +384,7 @@ def _format(result, direct, others=()):
     """One cell: the figure, its ratio to direct, and for fastfog how it compares with each other
     proxy (``others``: their results), as "N.NNx name" (above 1: fastfog is better)."""
     value = result.get("value")
-    if value is None or value != value:  # NaN: not measured for this target
+    if value is None:  # not measured for this target
         text = "-"
     elif result["workload"] in ("connect", "http"):
         text = f"{value:,.0f}"
@@ -339,13 +392,15 @@ def _format(result, direct, others=()):
         text = f"{value:.2f}"
     if direct is not None and result["workload"] in ("connect", "http", "bulk") and direct.get("value"):
         text += f" ({value / direct['value']:.2f}x)"
-    if direct is not None and result["workload"] == "fixed-rate":
+    if direct is not None and result["workload"] == "fixed-rate" and direct.get("value") is not None:
         text += f" (+{value - direct['value']:.2f})"
     for other in others:
         theirs = other.get("value")
-        if value and theirs and value == value and theirs == theirs:
+        if value and theirs:
             better = value / theirs if result["workload"] in HIGHER_IS_BETTER else theirs / value
             text += f" [{better:.2f}x {other['target']}]"
+    if result.get("load_saturated") and result.get("target") != "direct":
+        text += " (load-bound)"
     if result["errors"]:
         text += " ERRORS"
     return text
@@ -393,6 +448,8 @@ def add_arguments(parser):
     parser.add_argument("--vs-address", action="append", default=[], metavar="NAME=HOST:PORT",
                         help="another proxy already running")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--proxy-cpus", type=int, default=1,
+                        help="CPUs for the proxy (with --fastfog-flags '--workers N'); the rest load it (default 1)")
     parser.add_argument("--no-namespace", action="store_true",
                         help="run on loopback even as root (free ports are checked and picked)")
 
@@ -422,7 +479,7 @@ def main(args):
     if unknown:
         print(f"fastfog bench: unknown workloads: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    bench = Bench(args.load_processes, namespace=not args.no_namespace)
+    bench = Bench(args.load_processes, namespace=not args.no_namespace, proxy_cpus=max(1, args.proxy_cpus))
     where = "a private network namespace" if bench.namespaced else "loopback (not root: no namespace)"
     print(f"fastfog bench: in {where}; proxy on CPU {','.join(map(str, bench.proxy_cpus))}, load generator "
           f"({bench.load_processes} processes) and origins on CPU {','.join(map(str, bench.load_cpus))}"
@@ -439,8 +496,12 @@ def main(args):
             for target in targets:
                 if target.address is None and workload in PROXY_ONLY:
                     continue
-                print(f"  {workload} / {target.name} …", file=sys.stderr, flush=True)
+                bench.progress_label = f"{workload} / {target.name}"
+                if not sys.stderr.isatty():
+                    print(f"  {workload} / {target.name} …", file=sys.stderr, flush=True)
                 results.append(measure(bench, workload, target, args))
+                if sys.stderr.isatty():
+                    print(f"\r  {workload} / {target.name}: done" + " " * 30, file=sys.stderr, flush=True)
     finally:
         bench.close()
     report(results, targets)
@@ -463,7 +524,8 @@ def main(args):
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"results": results, "proxy_cpus": bench.proxy_cpus, "load_cpus": bench.load_cpus,
                        "namespaced": bench.namespaced, "ports": bench.ports,
-                       "load_generator": "compiled" if engine is not None else "pure-Python"}, out, indent=1)
+                       "load_generator": "compiled" if engine is not None else "pure-Python"}, out, indent=1,
+                      allow_nan=False)  # what could not be measured is null, never NaN
     failed = [result for result in results if result["errors"]]
     for result in failed:
         print(f"errors: {result['workload']} / {result['target']}: {result['errors']}", file=sys.stderr)
