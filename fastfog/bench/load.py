@@ -17,6 +17,7 @@ same workloads and the same results.
 import asyncio
 import errno
 import socket
+import ssl
 import time
 
 from fastfog.bench import servers
@@ -91,6 +92,7 @@ class Tally:
         self.errors = {}
         self.bytes_up = self.bytes_down = 0
         self.seconds_up = self.seconds_down = 0.0
+        self.resumed = 0  # TLS handshakes that resumed a session
 
     def error(self, kind):
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -199,6 +201,65 @@ class _Tunnel(_Dial):
 
 
 
+class _TlsTunnel(_Tunnel):
+    """One ``connect-tls`` transaction: dial, a TLS handshake with a client certificate (resuming
+    the last session when the workload says so), then what ``connect`` does, inside TLS."""
+
+    __slots__ = ("tls",)
+
+    def connected(self):
+        work = self.work
+        self.sock = self.tls = work.tls.wrap_socket(self.sock, server_hostname=work.target[0],
+                                                    do_handshake_on_connect=False,
+                                                    session=work.session if work.resume else None)
+        self._handshake()
+
+    def _handshake(self):
+        loop = self.work.loop
+        loop.remove_reader(self.fd)
+        loop.remove_writer(self.fd)
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            loop.add_reader(self.fd, self._handshake)
+            return
+        except ssl.SSLWantWriteError:
+            loop.add_writer(self.fd, self._handshake)
+            return
+        except (ssl.SSLError, OSError) as err:
+            self.fail(f"handshake: {getattr(err, 'reason', None) or err}")
+            return
+        if self.tls.session_reused:
+            self.work.tally.resumed += 1
+        super().connected()
+
+    def _receive(self):
+        """Decrypted bytes (b"" at the end of the stream), or None (nothing yet, or it failed);
+        what OpenSSL already holds is taken too, since no readiness would announce it."""
+        chunks = []
+        while True:
+            try:
+                chunk = self.tls.recv(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                chunk = b""
+            except (ssl.SSLError, OSError) as err:
+                self.fail(f"recv: {getattr(err, 'reason', None) or err}")
+                return None
+            chunks.append(chunk)
+            if not chunk:
+                break
+        if not chunks:
+            return None
+        if chunks[-1] == b"" and len(chunks) > 1:  # bytes, then the end: the socket stays readable at its
+            chunks.pop()                            # end, so the end is read again next time
+        work = self.work
+        if work.resume and self.tls.session is not None:
+            work.session = self.tls.session
+        return b"".join(chunks)
+
+
 class _KeepAlive(_Dial):
     """One ``http`` slot: a keep-alive connection sending GETs one after another."""
 
@@ -263,7 +324,7 @@ class Workload:
     """
 
     def __init__(self, loop, kind, target, concurrency, seconds, *, head=None, request=b"", reply_size=0,
-                 rate=None):
+                 rate=None, tls=None, resume=False):
         self.loop, self.kind, self.target = loop, kind, target
         self.head, self.request, self.reply_size = head, request, reply_size
         self.tally = Tally()
@@ -272,6 +333,7 @@ class Workload:
         self.concurrency = concurrency
         self.rate = rate
         self.finished = loop.create_future()
+        self.tls, self.resume, self.session = tls, resume, None
 
     def start(self):
         if self.rate:
@@ -319,6 +381,21 @@ async def run_connect(target, origin, concurrency, seconds, request_size, reply_
     head = None if target is None else connect_head(by_name or origin[0], origin[1])
     work = Workload(loop, _Tunnel, target or origin, concurrency, seconds,
                     head=head, request=b"q" * request_size, reply_size=reply_size, rate=rate)
+    work.start()
+    await work.finished
+    return work.tally
+
+
+async def run_connect_tls(target, origin, concurrency, seconds, request_size, reply_size, ca_file, client_file,
+                          resume):
+    """``connect`` through the proxy at ``target`` over TLS with the client certificate in
+    ``client_file`` (a PEM with its key), trusting ``ca_file``; ``resume``: each handshake offers
+    the last session it got."""
+    loop = asyncio.get_running_loop()
+    tls = ssl.create_default_context(cafile=ca_file)
+    tls.load_cert_chain(client_file)
+    work = Workload(loop, _TlsTunnel, target, concurrency, seconds, head=connect_head(*origin),
+                    request=b"q" * request_size, reply_size=reply_size, tls=tls, resume=resume)
     work.start()
     await work.finished
     return work.tally

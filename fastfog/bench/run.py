@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ else:
 
 PROXY_HOST, ORIGIN_HOST, DNS_HOST = "203.0.113.1", "203.0.113.10", "203.0.113.53"
 LOOPBACK = "127.0.0.1"
-PORTS = {"reply": 7001, "http": 8080, "bulk": 7003, "dns": 5353, "proxy": 4750}
+PORTS = {"reply": 7001, "http": 8080, "bulk": 7003, "dns": 5353, "proxy": 4750, "proxy_tls": 4760}
 ORIGIN_NAME = "origin.bench.test"
 INSTALLED_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds fastfog/
 
@@ -56,6 +57,7 @@ class Bench:
         self.load_cpus = cpus[len(self.proxy_cpus):] or cpus  # none left: they share
         self.load_processes = load_processes or len(self.load_cpus)
         self.children = []
+        self.folders = []  # temporary ones, removed at the end
 
     def origin(self, kind):
         return (self.origin_host, self.ports[kind])
@@ -70,14 +72,25 @@ class Bench:
             raise RuntimeError("the origin servers did not start")
         self.children.append(process)
 
-    def start_fastfog(self, extra_flags=()):
+    def start_fastfog(self, extra_flags=(), port="proxy"):
         """This very installation of fastfog (this interpreter, started where this package lives,
         so a source tree in the working directory is never what runs), pinned to its CPU."""
         args = [sys.executable, "-m", "fastfog", "serve", "--listen-ip", self.proxy_host,
-                "--listen-port", str(self.ports["proxy"]),
+                "--listen-port", str(self.ports[port]),
                 "--resolver-address", f"{self.dns_host}:{self.ports['dns']}",
                 "--allow-range", f"{self.origin_host}/32", *extra_flags]
-        return self.start_proxy(args, self.ports["proxy"])
+        return self.start_proxy(args, self.ports[port])
+
+    def start_fastfog_tls(self, extra_flags=()):
+        """fastfog with a TLS listener that asks for client certificates (Smokescreen's mTLS), and a
+        throwaway CA, proxy certificate and client certificate for it: (process, pki paths)."""
+        from fastfog.bench.pki import write_bench_pki
+
+        folder = tempfile.mkdtemp(prefix="fastfog-bench-pki-")
+        self.folders.append(folder)
+        pki = write_bench_pki(folder, self.proxy_host)
+        flags = ["--tls-server-bundle-file", pki["proxy"], "--tls-client-ca-file", pki["ca"], *extra_flags]
+        return self.start_fastfog(flags, "proxy_tls"), pki
 
     def start_proxy(self, args, port):
         """A proxy process pinned to the proxy CPU, its standard error kept for when it fails."""
@@ -122,6 +135,8 @@ class Bench:
                   end="", file=sys.stderr, flush=True)
 
     def close(self):
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
         for child in self.children:
             if isinstance(child, subprocess.Popen):
                 child.send_signal(signal.SIGTERM)
@@ -204,7 +219,12 @@ def _load_process(bench, index, workload, target, concurrency, options, pipe):
     if workload in ("connect", "http") and engine is not None:
         result = _engine_load(workload, target, concurrency, options)
     else:
-        if workload == "connect":
+        if workload.startswith("connect-tls"):
+            tally = uvloop.run(load.run_connect_tls(target, options["origin"], concurrency, options["seconds"],
+                                                    options["request_size"], options["reply_size"],
+                                                    options["pki"]["ca"], options["pki"]["client"],
+                                                    workload == "connect-tls-resumed"))
+        elif workload == "connect":
             tally = uvloop.run(load.run_connect(target, options["origin"], concurrency, options["seconds"],
                                                 options["request_size"], options["reply_size"], options.get("rate"),
                                                 options.get("by_name")))
@@ -229,11 +249,12 @@ def _engine_load(workload, target, concurrency, options):
 
 
 def merge(tallies):
-    merged = {"done": 0, "latency_counts": {}, "errors": {}, "cpu": 0.0,
+    merged = {"done": 0, "latency_counts": {}, "errors": {}, "cpu": 0.0, "resumed": 0,
               "bytes_up": 0, "bytes_down": 0, "seconds_up": 0.0, "seconds_down": 0.0}
     latencies = load.Latencies()
     for tally in tallies:
         merged["done"] += tally["done"]
+        merged["resumed"] += tally.get("resumed", 0)
         latencies.add(tally.get("latency_counts", {}))
         merged["cpu"] += tally["cpu"]
         for kind, count in tally["errors"].items():
@@ -301,18 +322,20 @@ def rss_kib(pid):
 class Target:
     """What a workload runs against: ``direct`` (address None), fastfog, or another proxy."""
 
-    def __init__(self, name, address=None, process=None):
-        self.name, self.address, self.process = name, address, process
+    def __init__(self, name, address=None, process=None, tls=None):
+        """``tls``: (address, process, pki paths) of the same proxy listening with TLS, if any."""
+        self.name, self.address, self.process, self.tls = name, address, process, tls
 
     @property
     def pid(self):
         return None if self.process is None else self.process.pid
 
 
-WORKLOADS = ("connect", "http", "bulk", "fixed-rate", "idle", "dns")
+WORKLOADS = ("connect", "http", "bulk", "fixed-rate", "idle", "dns", "connect-tls", "connect-tls-resumed")
 PROXY_ONLY = frozenset({"idle", "dns"})
+TLS_WORKLOADS = frozenset({"connect-tls", "connect-tls-resumed"})  # fastfog's TLS listener only
 UNITS = {"connect": "tunnels/s", "http": "requests/s", "bulk": "GB/s up", "fixed-rate": "p99 ms",
-         "idle": "KiB/tunnel", "dns": "name/IP"}
+         "idle": "KiB/tunnel", "dns": "name/IP", "connect-tls": "tunnels/s", "connect-tls-resumed": "tunnels/s"}
 
 
 def _latencies(tally):
@@ -332,7 +355,17 @@ def measure(bench, workload, target, args):
                "reply_size": servers.REPLY_SIZE, "size": args.bulk_size, "origin": origin}
     cpu_before = proxy_cpu_seconds(target.pid) if target.pid else None
     result = {"workload": workload, "target": target.name, "unit": UNITS[workload]}
-    if workload in ("connect", "http"):
+    if workload in TLS_WORKLOADS:
+        address, process, options["pki"] = target.tls
+        cpu_before = proxy_cpu_seconds(process.pid)
+        if args.warmup:
+            bench.run_load(workload, address, **{**options, "seconds": args.warmup})
+        tally = bench.run_load(workload, address, **options)
+        result.update(value=tally["done"] / args.seconds, **_latencies(tally),
+                      resumed_share=tally["resumed"] / tally["done"] if tally["done"] else None)
+        if tally["done"]:
+            result["proxy_cpu_us_per_op"] = (proxy_cpu_seconds(process.pid) - cpu_before) / tally["done"] * 1e6
+    elif workload in ("connect", "http"):
         if args.warmup:
             bench.run_load(workload, target.address, **{**options, "seconds": args.warmup})
         busy_before = cpu_times()
@@ -377,7 +410,7 @@ def measure(bench, workload, target, args):
     return result
 
 
-HIGHER_IS_BETTER = frozenset({"connect", "http", "bulk", "dns"})
+HIGHER_IS_BETTER = frozenset({"connect", "http", "bulk", "dns", "connect-tls", "connect-tls-resumed"})
 
 
 def _format(result, direct, others=()):
@@ -386,7 +419,7 @@ def _format(result, direct, others=()):
     value = result.get("value")
     if value is None:  # not measured for this target
         text = "-"
-    elif result["workload"] in ("connect", "http"):
+    elif result["workload"] in ("connect", "http", *TLS_WORKLOADS):
         text = f"{value:,.0f}"
     else:
         text = f"{value:.2f}"
@@ -454,11 +487,16 @@ def add_arguments(parser):
                         help="run on loopback even as root (free ports are checked and picked)")
 
 
-def _start_targets(bench, args):
+def _start_targets(bench, args, workloads):
     targets = [Target("direct")]
     if not args.no_fastfog:
-        proxy = bench.start_fastfog(shlex.split(args.fastfog_flags))
-        targets.append(Target("fastfog", (bench.proxy_host, bench.ports["proxy"]), proxy))
+        flags = shlex.split(args.fastfog_flags)
+        proxy = bench.start_fastfog(flags)
+        tls = None
+        if TLS_WORKLOADS & set(workloads):
+            tls_proxy, pki = bench.start_fastfog_tls(flags)
+            tls = ((bench.proxy_host, bench.ports["proxy_tls"]), tls_proxy, pki)
+        targets.append(Target("fastfog", (bench.proxy_host, bench.ports["proxy"]), proxy, tls))
     for index, spec in enumerate(args.vs):
         name, _, command = spec.partition("=")
         port = bench.ports["proxy"] + 1 + index
@@ -488,13 +526,14 @@ def main(args):
     try:
         bench.start_origins(args.bulk_size)
         try:
-            targets = _start_targets(bench, args)
+            targets = _start_targets(bench, args, workloads)
         except BenchError as err:
             print(f"fastfog bench: {err}", file=sys.stderr)
             return 1
         for workload in workloads:
             for target in targets:
-                if target.address is None and workload in PROXY_ONLY:
+                if (target.address is None and workload in PROXY_ONLY) or (
+                        workload in TLS_WORKLOADS and target.tls is None):
                     continue
                 bench.progress_label = f"{workload} / {target.name}"
                 if not sys.stderr.isatty():

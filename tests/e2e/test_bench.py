@@ -21,7 +21,8 @@ def test_a_short_run_of_every_workload(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     seen = {(row["workload"], row["target"]): row for row in data["results"]}
     expected = {(workload, target) for workload in ("connect", "http", "bulk", "fixed-rate")
-                for target in ("direct", "fastfog")} | {("idle", "fastfog"), ("dns", "fastfog")}
+                for target in ("direct", "fastfog")} | {("idle", "fastfog"), ("dns", "fastfog"),
+                                                        ("connect-tls", "fastfog"), ("connect-tls-resumed", "fastfog")}
     assert set(seen) == expected
     assert all(row["errors"] == {} for row in data["results"])
     for target in ("direct", "fastfog"):
@@ -32,7 +33,10 @@ def test_a_short_run_of_every_workload(tmp_path):
     assert seen[("dns", "fastfog")]["by_name"] > 0 and seen[("dns", "fastfog")]["by_ip"] > 0
     table = result.stdout.splitlines()
     assert table[0].split() == ["workload", "unit", "direct", "fastfog"]
-    assert [line.split()[0] for line in table[2:]] == ["connect", "http", "bulk", "fixed-rate", "idle", "dns"]
+    assert [line.split()[0] for line in table[2:]] == ["connect", "http", "bulk", "fixed-rate", "idle", "dns",
+                                                       "connect-tls", "connect-tls-resumed"]
+    assert seen[("connect-tls", "fastfog")]["value"] > 0 and seen[("connect-tls", "fastfog")]["resumed_share"] == 0
+    assert seen[("connect-tls-resumed", "fastfog")]["resumed_share"] > 0.5  # sessions are resumed
     assert "x)" in table[2]  # the ratio to direct
     assert "load generator CPU seconds: connect/direct " in result.stderr
     assert seen[("connect", "fastfog")]["proxy_cpu_us_per_op"] > 0
