@@ -90,6 +90,14 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_wait(int, epoll_event*, int, int)
     int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
 
+cdef extern from "<sys/timerfd.h>" nogil:
+    struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    int timerfd_create(int, int)
+    int timerfd_settime(int, int, const itimerspec*, itimerspec*)
+    int TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME
+
 cdef extern from "<sys/resource.h>" nogil:
     struct rlimit:
         unsigned long rlim_cur
@@ -422,6 +430,9 @@ def run_load(int kind, target, head, bytes request, long long reply_size, int co
     cdef epoll_event events[EVENTS]
     cdef int ready, index, fd, timeout_ms
     cdef long long now, started = now_ns(), interval = 0, next_start = 0
+    cdef int timer = -1
+    cdef itimerspec when
+    cdef unsigned long long expirations
     address_of(target, &run.target, &run.target_length)
     run.kind = kind
     run.head_bytes = head
@@ -432,9 +443,12 @@ def run_load(int kind, target, head, bytes request, long long reply_size, int co
     run.request_size = len(request)
     run.reply_size = reply_size
     run.deadline = started + <long long>(seconds * 1e9)
-    if rate > 0:
+    if rate > 0:  # an absolute timer at each next start: precise to the ns, and the loop never spins
         interval = <long long>(1e9 / rate)
         next_start = started
+        timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+        memset(&when, 0, sizeof(itimerspec))
+        run.watch(timer, EPOLLIN, EPOLL_CTL_ADD)
     else:
         for index in range(concurrency):
             run.start(started)
@@ -444,16 +458,20 @@ def run_load(int kind, target, head, bytes request, long long reply_size, int co
             while next_start <= now and next_start < run.deadline:
                 run.start(next_start)
                 next_start += interval
+            if next_start < run.deadline:
+                when.it_value.tv_sec = next_start // 1000000000
+                when.it_value.tv_nsec = next_start % 1000000000
+                timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL)
         if now >= run.deadline and (run.active == 0 or now >= run.deadline + 10 * 1000000000):
             break
-        if rate > 0 and next_start < run.deadline:
-            timeout_ms = <int>((next_start - now) // 1000000)
-        else:
-            timeout_ms = 10
+        timeout_ms = 10 if rate <= 0 or next_start >= run.deadline else 100
         with nogil:
-            ready = epoll_wait(run.epoll, events, EVENTS, timeout_ms if timeout_ms > 0 else 0)
+            ready = epoll_wait(run.epoll, events, EVENTS, timeout_ms)
         for index in range(ready):
             fd = events[index].data.fd
+            if fd == timer:
+                read(timer, &expirations, 8)
+                continue
             if run.conns[fd].state == 0:
                 continue
             if not run.on_event(fd, events[index].events) and rate <= 0 and now_ns() < run.deadline:
@@ -462,6 +480,8 @@ def run_load(int kind, target, head, bytes request, long long reply_size, int co
         if run.conns[fd].state:
             run.error("unfinished at the deadline")
             run.drop(fd)
+    if timer >= 0:
+        close(timer)
     return {"done": run.done, "errors": run.errors, "latency_counts": run.latency_counts()}
 
 
