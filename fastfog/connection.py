@@ -22,7 +22,9 @@ import socket
 import ssl
 import time
 
-from fastfog import der, proxyproto, responses, sockio
+from cryptography import x509
+
+from fastfog import proxyproto, responses, sockio
 from fastfog.acl import (
     AUTH_REQUIRED,
     ROLE_NOT_DETERMINED,
@@ -424,7 +426,7 @@ class Handshake(PreludeStep):
         peer_certificate = None
         if der_certificate is not None:
             try:
-                revoked = proxy.tls.revocations.revoked(der.Certificate(der_certificate))
+                revoked = proxy.tls.revocations.revoked(x509.load_der_x509_certificate(der_certificate))
             except ValueError as err:
                 self._fail(f"unreadable client certificate: {err}")
                 return

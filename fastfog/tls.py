@@ -11,12 +11,14 @@ As Smokescreen does:
 
 OpenSSL's own CRL checking would fail every client of a CA without a CRL, so
 revocation is checked right after the handshake against a ``Revocations`` set
-built from the CRL files (fastfog.der reads them). CRL files are trusted as
-the CA files are: they come from the operator's disk and their signatures are
-not checked. A CRL past its nextUpdate (or before its thisUpdate) still
-revokes what it lists, with a warning at load: a stale list never un-revokes
-anyone, and refusing every client because a CRL went stale would turn a
-missed CRL refresh into an outage.
+built from the CRL files, read with ``cryptography`` (PEM, several to a file,
+or DER). Each CRL's signature must verify against the configured client CA
+that issued it: one that does not (or whose issuer is no configured CA) is
+refused at start-up and on reload, with the file named. A CRL past its
+nextUpdate (or before its thisUpdate) still revokes what it lists, with a
+warning at load: a stale list never un-revokes anyone, and refusing every
+client because a CRL went stale would turn a missed CRL refresh into an
+outage.
 
 ``ServerTLS`` is replaced whole on reload; the listener reads the current one
 for each new connection, so open connections keep theirs.
@@ -24,11 +26,15 @@ for each new connection, so open connections keep theirs.
 
 import datetime
 import errno
+import re
 import socket
 import ssl
 
-from fastfog import der
+from cryptography import x509
+
 from fastfog.reference.relay import SpliceRelay as PythonRelay
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----", re.S)
 
 
 class TLSConfigError(ValueError):
@@ -203,24 +209,45 @@ class TLSRelay(PythonRelay):
     copy_limit = float("inf")
 
 
+def _extension(certificate, kind):
+    try:
+        return certificate.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def key_ids(certificate):
+    """(its own key id, its issuer's key id) of a certificate, each None when it carries none."""
+    own, issuer = _extension(certificate, x509.SubjectKeyIdentifier), \
+        _extension(certificate, x509.AuthorityKeyIdentifier)
+    return (own.digest if own is not None else None), (issuer.key_identifier if issuer is not None else None)
+
+
 class Revocations:
-    """Revoked serials by issuer, from CRL files; ``revoked(cert_der)`` after each handshake."""
+    """Revoked serials by issuer, from CRLs whose signatures were checked; ``revoked(certificate)``
+    (a cryptography certificate) after each handshake."""
 
     def __init__(self, lists=()):
+        """``lists``: (the CA that signed it, the CRL) pairs."""
         self._by_issuer = {}
-        for crl in lists:
-            self._by_issuer.setdefault(crl.issuer, []).append(crl)
+        for ca, crl in lists:
+            serials = frozenset(entry.serial_number for entry in crl)
+            self._by_issuer.setdefault(crl.issuer, []).append((key_ids(ca)[0], serials))
 
     def issuers(self):
         return set(self._by_issuer)
 
     def revoked(self, certificate):
-        """True when a CRL of the certificate's issuer lists its serial."""
-        for crl in self._by_issuer.get(certificate.issuer, ()):
-            if (crl.authority_key_id and certificate.authority_key_id
-                    and crl.authority_key_id != certificate.authority_key_id):
+        """True when a CRL of the certificate's issuer (the same key, when both name one) lists
+        its serial."""
+        lists = self._by_issuer.get(certificate.issuer)
+        if not lists:
+            return False
+        issuer_key = key_ids(certificate)[1]
+        for ca_key, serials in lists:
+            if ca_key and issuer_key and ca_key != issuer_key:
                 continue  # the same name, another key: not this CA's list
-            if certificate.serial in crl.serials:
+            if certificate.serial_number in serials:
                 return True
         return False
 
@@ -234,30 +261,50 @@ def _read(path, key):
 
 
 def read_crls(paths):
-    """Every CRL in the files (PEM, several per file allowed, or DER)."""
+    """Every CRL in the files (PEM, several per file allowed, or DER): [(path, crl)]."""
     lists = []
     for path in paths:
         data = _read(path, "crl_files")
         try:
-            blocks = der.pem_blocks(data, "X509 CRL") if b"-----BEGIN" in data else [data]
-            if not blocks:
-                raise ValueError("no X509 CRL block in the file")
-            lists += [(path, der.RevocationList(block)) for block in blocks]
+            if b"-----BEGIN" in data:
+                blocks = _PEM_CRL.findall(data)
+                if not blocks:
+                    raise ValueError("no X509 CRL block in the file")
+                lists += [(path, x509.load_pem_x509_crl(block)) for block in blocks]
+            else:
+                lists.append((path, x509.load_der_x509_crl(data)))
         except ValueError as err:
             raise TLSConfigError(f"tls.crl_files: {path}: not a CRL: {err}") from None
     return lists
 
 
 def read_cas(paths):
-    """The CA certificates in the client CA files, parsed (for the "CA without CRL" warning)."""
+    """The CA certificates in the client CA files: [(path, certificate)]."""
     cas = []
     for path in paths:
         data = _read(path, "client_ca_files")
         try:
-            cas += [(path, der.Certificate(block)) for block in der.pem_blocks(data, "CERTIFICATE")]
+            cas += [(path, certificate) for certificate in x509.load_pem_x509_certificates(data)]
         except ValueError as err:
             raise TLSConfigError(f"tls.client_ca_files: {path}: {err}") from None
     return cas
+
+
+def signed_crls(crls, cas):
+    """Each CRL with the configured CA whose key signed it: [(ca, crl)]; TLSConfigError naming the
+    file for a CRL that no configured CA issued, or whose signature does not verify."""
+    signed = []
+    for path, crl in crls:
+        issuers = [ca for _, ca in cas if ca.subject == crl.issuer]
+        if not issuers:
+            raise TLSConfigError(f"tls.crl_files: {path}: issued by {crl.issuer.rfc4514_string()}, which is not "
+                                 "a configured client CA (tls.client_ca_files)")
+        signer = next((ca for ca in issuers if crl.is_signature_valid(ca.public_key())), None)
+        if signer is None:
+            raise TLSConfigError(f"tls.crl_files: {path}: its signature does not verify against the client CA "
+                                 f"{crl.issuer.rfc4514_string()}")
+        signed.append((signer, crl))
+    return signed
 
 
 class ServerTLS:
@@ -285,19 +332,19 @@ class ServerTLS:
                     from None
         self.verifies_clients = bool(ca_files)
         context.verify_mode = ssl.CERT_OPTIONAL if ca_files else ssl.CERT_NONE
-        crls = read_crls(tls["crl_files"] or ())
-        self.revocations = Revocations(crl for _, crl in crls)
+        crls, cas = read_crls(tls["crl_files"] or ()), read_cas(ca_files)
+        self.revocations = Revocations(signed_crls(crls, cas))
         self.warnings = []
         now = now or datetime.datetime.now(datetime.timezone.utc)
         for path, crl in crls:
-            if crl.next_update is not None and crl.next_update < now:
-                self.warnings.append(f"tls.crl_files: {path}: CRL expired at {crl.next_update:%Y-%m-%dT%H:%M:%SZ}; "
-                                     "its revocations still apply")
-            if crl.this_update > now:
+            if crl.next_update_utc is not None and crl.next_update_utc < now:
+                self.warnings.append(f"tls.crl_files: {path}: CRL expired at "
+                                     f"{crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}; its revocations still apply")
+            if crl.last_update_utc > now:
                 self.warnings.append(f"tls.crl_files: {path}: CRL not valid before "
-                                     f"{crl.this_update:%Y-%m-%dT%H:%M:%SZ}; its revocations apply already")
+                                     f"{crl.last_update_utc:%Y-%m-%dT%H:%M:%SZ}; its revocations apply already")
         covered = self.revocations.issuers()
-        for path, ca in read_cas(ca_files):
+        for path, ca in cas:
             if ca.subject not in covered:
                 self.warnings.append(f"tls.client_ca_files: {path}: no CRL for this CA; "
                                      "its certificates are not checked for revocation")
