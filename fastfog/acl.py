@@ -55,6 +55,25 @@ class Decision:
     enforce_would_deny: bool = False
     rule: str | None = None  # the service whose rule decided, None for the default rule
     code: str | None = None  # X-Fastfog-Reason when denied
+    mitm: object = None  # the MitmDomain a CONNECT allowed by this decision is intercepted with
+
+
+@dataclass(frozen=True, slots=True)
+class MitmDomain:
+    """A ``mitm_domains`` entry: a CONNECT to this allowed domain is intercepted (TLS terminated by
+    the proxy), ``add_headers`` set on each request inside, and with ``detailed_http_logs`` each
+    request logged with every header value redacted but those of ``full_headers`` (lowercase)."""
+
+    domain: str
+    add_headers: tuple = ()  # (name, value) pairs
+    detailed_http_logs: bool = False
+    full_headers: frozenset = frozenset()
+
+
+def mitm_refused(decision):
+    """The deny for a CONNECT whose rule asks for interception when no MITM CA is configured."""
+    return Decision(False, reasons.MITM_NOT_ENABLED, "deny", decision.project, decision.default_rule, True,
+                    decision.rule, reasons.CODE_MITM_NOT_ENABLED)
 
 
 NOT_CONFIGURED = Decision(True, reasons.ACL_NOT_CONFIGURED)
@@ -81,12 +100,15 @@ class Rule:
     """One service's rule (or the default rule), with its decisions built in advance."""
 
     __slots__ = ("name", "project", "action", "domains", "external_proxies", "ports", "mitm_domains",
-                 "allowed", "global_allow", "global_deny", "policy", "proxy_denied", "port_denied", "fingerprint")
+                 "allowed", "global_allow", "global_deny", "policy", "proxy_denied", "port_denied", "fingerprint",
+                 "mitm_allowed")
 
     def __init__(self, name, project, action, domains, external_proxies, ports, mitm_domains):
+        """``mitm_domains``: MitmDomain entries, each for a glob of ``domains``."""
         # What the rule says, comparable: a reload reports the rules whose fingerprint changed.
         self.fingerprint = (project, action, tuple(sorted(domains)), tuple(sorted(external_proxies)),
-                            None if ports is None else tuple(sorted(ports)), tuple(sorted(mitm_domains or ())))
+                            None if ports is None else tuple(sorted(ports)),
+                            tuple(sorted(mitm_domains, key=lambda entry: entry.domain)))
         self.name = name  # None for the default rule
         self.project = project
         self.action = action
@@ -101,6 +123,8 @@ class Rule:
                             None if allow else code)
 
         self.allowed = decision(True, reasons.ALLOWED_DOMAIN, "allow")
+        self.mitm_allowed = {entry.domain: Decision(True, reasons.ALLOWED_DOMAIN, "allow", project, is_default,
+                                                    False, name, None, entry) for entry in mitm_domains}
         self.global_deny = decision(False, reasons.GLOBAL_DENY, "deny", reasons.CODE_GLOBAL_DENY)
         self.global_allow = decision(True, reasons.GLOBAL_ALLOW, "allow")
         self.proxy_denied = decision(False, reasons.EXTERNAL_PROXY_NOT_ALLOWED, "deny",
@@ -158,8 +182,9 @@ class Acl:
             if proxy is None or rule.external_proxies.match(proxy.host) is None:
                 return rule.proxy_denied
         host = host.lower().rstrip(".")
-        if rule.domains.match(host) is not None:
-            return rule.allowed
+        matched = rule.domains.match(host)
+        if matched is not None:
+            return rule.mitm_allowed.get(matched, rule.allowed) if rule.mitm_allowed else rule.allowed
         if self.global_deny.match(host) is not None:
             return rule.global_deny
         if self.global_allow.match(host) is not None:
@@ -289,14 +314,23 @@ def _rule(raw, where, owner, name, disabled):
         raise AclError(f"{where}.mitm_domains: expected a list")
     mitm_domains = []
     for index, entry in enumerate(mitm):
+        at = f"{where}.mitm_domains[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("domain"), str):
-            raise AclError(f"{where}.mitm_domains[{index}]: expected a mapping with a 'domain'")
-        known_keys(entry, MITM_KEYS, f"{where}.mitm_domains[{index}]")
+            raise AclError(f"{at}: expected a mapping with a 'domain'")
+        known_keys(entry, MITM_KEYS, at)
         domain = entry["domain"]
-        validate_glob(owner, domain)
+        glob = validate_glob(owner, domain)
         if domain not in (raw.get("allowed_domains") or []):
             raise AclError(f"domain {domain} was added to mitm_domains but is missing in allowed_domains")
-        mitm_domains.append(domain)
+        headers = entry.get("add_headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(name, str) and isinstance(value, str)
+                                                    for name, value in headers.items()):
+            raise AclError(f"{at}.add_headers: expected a mapping of header names to strings")
+        detailed = entry.get("detailed_http_logs", False)
+        if not isinstance(detailed, bool):
+            raise AclError(f"{at}.detailed_http_logs: expected true or false")
+        full = _strings(entry.get("detailed_http_logs_full_headers"), f"{at}.detailed_http_logs_full_headers")
+        mitm_domains.append(MitmDomain(glob, tuple(headers.items()), detailed, frozenset(h.lower() for h in full)))
     ports = _ports(raw.get("allowed_ports"), f"{where}.allowed_ports")
     project = _string(raw.get("project"), f"{where}.project")
     return Rule(name, project, action, domains, proxies, ports, tuple(mitm_domains))
@@ -346,8 +380,6 @@ def _parse(document, path, disabled_actions):
                    for glob in _strings(document.get("global_deny_list"), "global_deny_list")]
     global_allow = [validate_glob("global_allow_list", glob)
                     for glob in _strings(document.get("global_allow_list"), "global_allow_list")]
-    if any(rule.mitm_domains for rule in [*rules.values(), default] if rule is not None):
-        warnings.append("mitm_domains are validated but not intercepted: fastfog does not decrypt traffic")
     return Acl(path, rules, default, global_allow, global_deny, warnings)
 
 

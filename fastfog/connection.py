@@ -483,7 +483,7 @@ class Opening:
             self.done(None, proxy.limited(head, fields, refusal, self.close), self.close)
             return
         self.role = role
-        self.decision = decision = proxy.decide(role, role_error, host, head.port, upstream_proxy)
+        self.decision = decision = proxy.decide(role, role_error, host, head.port, upstream_proxy, self.connect)
         if role_error is ROLE_NOT_DETERMINED:
             proxy.metrics.incr("acl.role_not_determined")
         proxy.metrics.acl_decision(decision, role)

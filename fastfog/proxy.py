@@ -20,6 +20,7 @@ from fastfog.acl import (
     NOT_CONFIGURED,
     ROLE_NOT_DETERMINED,
     Decision,
+    mitm_refused,
 )
 from fastfog.classify import AddressPolicy
 from fastfog.connection import (
@@ -341,13 +342,16 @@ class Proxy:
                                          "content_length": body_length(answer)})
         return answer, close
 
-    def decide(self, role, role_error, host, port, upstream_proxy):
+    def decide(self, role, role_error, host, port, upstream_proxy, connect):
         acl = self.config.acl
         if acl is None:
             return NOT_CONFIGURED
         if role_error is not None:
             return role_error
-        return acl.decide(role, host.name, port, upstream_proxy)
+        decision = acl.decide(role, host.name, port, upstream_proxy)
+        if decision.mitm is not None and connect:  # interception asked for: not available in fastfog yet
+            return mitm_refused(decision)
+        return decision
 
     @staticmethod
     def address_denial(decision, pick):

@@ -26,6 +26,9 @@ MISSING_PORT = "missing port in address"
 INVALID_PORT = "invalid port number"
 MAX_PORT = 65535
 
+# A CONNECT whose rule asks for interception (mitm_domains) without a MITM CA configured.
+MITM_NOT_ENABLED = "ACLDecision specified MITM but Smokescreen doesn't have MITM enabled"
+
 # X-Fastfog-Reason codes for ACL denials.
 CODE_ROLE_NOT_DETERMINED = "acl_role_unknown"
 CODE_DESTINATION_NOT_DETERMINED = "acl_destination_unknown"
@@ -34,6 +37,7 @@ CODE_EXTERNAL_PROXY = "acl_external_proxy"
 CODE_GLOBAL_DENY = "acl_global_deny"
 CODE_ENFORCE = "acl_enforce"
 CODE_BAD_PORT = "bad_port"
+CODE_MITM_NOT_ENABLED = "mitm_not_enabled"
 
 
 

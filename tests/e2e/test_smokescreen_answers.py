@@ -113,3 +113,31 @@ def test_resolver_attempts_count_cache_hits_and_the_cache_is_counted(start_proxy
     found = samples(scrape(netns.PROXY)[1])
     assert (found["fastfog_dns_cache_hits"], found["fastfog_dns_cache_misses"]) == (2, 1)
     assert found["fastfog_dns_cache_entries"] == 1 and found["fastfog_dns_cache_bytes"] > 0
+
+
+MITM_ACL = """
+version: v1
+services: []
+default:
+  action: enforce
+  allowed_domains: [origin.test]
+  mitm_domains:
+    - domain: origin.test
+      add_headers: {X-Partner-Key: secret}
+"""
+
+
+def test_connect_to_a_mitm_domain_without_a_mitm_ca_is_denied(start_proxy, echo, http_origin):
+    """As Smokescreen without a MITM CA: never a tunnel that skips the interception asked for
+    (the headers it would add, the requests it would log); plain HTTP to the domain is forwarded."""
+    proxy = start_proxy(acl=MITM_ACL, config="allow_missing_role: true\n")
+    answer = exchange(proxy.address, b"CONNECT origin.test:7 HTTP/1.1\r\n\r\n")
+    reason = "ACLDecision specified MITM but Smokescreen doesn't have MITM enabled"
+    assert answer == deny_bytes("origin.test:7", reason, "mitm_not_enabled")
+    assert echo.connections == 0
+    record = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]
+    assert (record["allow"], record["decision_reason"]) == (False, reason)
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(b"GET http://origin.test/hello HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        head, _ = read_head(sock)
+    assert head.status == 200

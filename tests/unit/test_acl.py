@@ -1,12 +1,13 @@
 """ACL v1: loading, validation messages and the decision order (SPEC section 3.2)."""
 
+import re
 import textwrap
 
 import pytest
 import yaml
 
 from fastfog import acl as acl_module
-from fastfog.acl import AclError, load_acl, parse_acl, parse_upstream_proxy
+from fastfog.acl import AclError, MitmDomain, load_acl, mitm_refused, parse_acl, parse_upstream_proxy
 
 ACL = """
 version: v1
@@ -259,22 +260,52 @@ def test_unknown_and_duplicate_keys_are_errors_with_their_line(tmp_path, text, m
     assert str(caught.value) == f"{path}: {message}"
 
 
-def test_mitm_domains_are_validated_and_flagged():
+def test_mitm_domains_are_parsed_onto_the_decision_of_their_domain():
+    """Smokescreen's example: a header added, detailed logs with one full header."""
     doc = document("""
         version: v1
         services:
           - name: a
             action: enforce
-            allowed_domains: [example-mitm.com]
+            allowed_domains: [example-mitm.com, "*.partner.example", plain.example]
             mitm_domains:
               - domain: example-mitm.com
                 add_headers: {Accept-Language: el}
                 detailed_http_logs: true
+                detailed_http_logs_full_headers: [User-Agent]
+              - domain: "*.partner.example"
         default: {action: enforce}
     """)
     loaded = parse_acl(doc)
-    assert loaded.warnings == ["mitm_domains are validated but not intercepted: fastfog does not decrypt traffic"]
-    assert loaded.decide("a", "example-mitm.com", 443).allow
+    assert loaded.warnings == []
+    decision = loaded.decide("a", "example-mitm.com", 443)
+    assert decision.allow and decision.reason == "host matched allowed domain in rule"
+    assert decision.mitm == MitmDomain("example-mitm.com", (("Accept-Language", "el"),), True,
+                                       frozenset({"user-agent"}))
+    assert loaded.decide("a", "api.partner.example", 443).mitm == MitmDomain("*.partner.example")
+    assert loaded.decide("a", "plain.example", 443).mitm is None
+    refused = mitm_refused(decision)
+    assert (refused.allow, refused.reason, refused.code, refused.result) == (
+        False, "ACLDecision specified MITM but Smokescreen doesn't have MITM enabled", "mitm_not_enabled", "deny")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{domain: a.com, add_headers: [x]}", "services[0].mitm_domains[0].add_headers: expected a mapping"),
+    ("{domain: a.com, detailed_http_logs: yes please}", "services[0].mitm_domains[0].detailed_http_logs: expected"),
+    ("{domain: a.com, detailed_http_logs_full_headers: x}",
+     "services[0].mitm_domains[0].detailed_http_logs_full_headers: expected a list of strings"),
+])
+def test_bad_mitm_entries(entry, message):
+    doc = document(f"""
+        version: v1
+        services:
+          - name: a
+            action: open
+            allowed_domains: [a.com]
+            mitm_domains: [{entry}]
+    """)
+    with pytest.raises(AclError, match=re.escape(message)):
+        parse_acl(doc)
 
 
 def test_load_from_files(tmp_path):
