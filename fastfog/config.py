@@ -413,9 +413,6 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 # Settings whose feature the proxy does not have yet: serve refuses them when they differ
 # from their default. Each piece of work that brings a feature removes its keys from here.
 NOT_YET_SUPPORTED = frozenset()
-NEVER_SUPPORTED = {
-    "mitm_ca_cert_file": "fastfog does not intercept TLS (MITM); remove mitm_ca_cert_file and mitm_ca_key_file",
-}
 
 
 @dataclass(frozen=True)
@@ -477,6 +474,7 @@ class Config:
     auth: object = None  # fastfog.roles.ProxyAuth when proxy_auth is set
     role_plugin: object = None  # the role_from_request callable
     server_tls: object = None  # fastfog.tls.ServerTLS when tls is set
+    mitm: object = None  # fastfog.mitm.MitmAuthority when mitm_ca_cert_file is set
 
     def not_yet_supported(self):
         """Keys set to something the proxy cannot do yet, each with why: serve refuses these."""
@@ -485,8 +483,6 @@ class Config:
             value = getattr(self, key.name)
             if key.name in NOT_YET_SUPPORTED and value != key.default:
                 problems.append(f"{key.name}: not supported yet by this version of fastfog")
-        if self.mitm_ca_cert_file is not None:
-            problems.append(f"mitm_ca_cert_file: {NEVER_SUPPORTED['mitm_ca_cert_file']}")
         return problems
 
     def summary(self):
@@ -596,6 +592,14 @@ def build_config(values, source=None):
         missing = "mitm_ca_cert_file" if cert is None else "mitm_ca_key_file"
         other = "mitm_ca_key_file" if cert is None else "mitm_ca_cert_file"
         raise ConfigError(f"{where}: {missing}: required when {other} is set")
+    mitm = None
+    if cert is not None:
+        from fastfog.mitm import MitmAuthority, MitmError
+
+        try:
+            mitm = MitmAuthority(cert, key_file)
+        except MitmError as err:
+            raise ConfigError(f"{where}: {err}") from None
     server_tls = _check_tls_files(values["tls"], where) if values.get("tls") is not None else None
     for name, limits in (values.get("role_limits") or {}).items():
         role_rate, role_burst = limits["max_request_rate"] or 0.0, limits["max_request_burst"]
@@ -636,7 +640,7 @@ def build_config(values, source=None):
             raise ConfigError(f"{where}: {key}: {getattr(err, 'strerror', None) or err}") from None
     known = {f.name for f in fields(Config)}
     return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl,
-                  auth=auth, role_plugin=plugin, server_tls=server_tls)
+                  auth=auth, role_plugin=plugin, server_tls=server_tls, mitm=mitm)
 
 
 def load_config(path=None, flags=None):

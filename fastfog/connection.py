@@ -57,7 +57,7 @@ class Upstream:
     """A dialed upstream connection and what the decision record says about it."""
 
     __slots__ = ("sock", "watch", "decision", "lookup_ms", "connect_ms", "address", "via", "port", "reused",
-                 "role", "requested", "names")
+                 "role", "requested", "names", "add_headers", "poolable")
 
     def __init__(self, sock, watch, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested,
                  names):
@@ -68,6 +68,8 @@ class Upstream:
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
         self.port, self.reused, self.role, self.requested = port, reused, role, requested
         self.names = names
+        self.add_headers = ()  # (name, value) pairs set on the request (an intercepted one's)
+        self.poolable = True  # False for a TLS connection of fastfog's own (intercepted requests)
 
     def close(self):
         if self.watch is not None:
@@ -103,11 +105,13 @@ class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
     __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "deadline", "_timing", "_timeout",
-                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange")
+                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange", "mitm")
 
-    def __init__(self, proxy, sock, address, peer_certificate=None):
+    def __init__(self, proxy, sock, address, peer_certificate=None, mitm=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
-        client's certificate as getpeercert() gives it, if it sent one."""
+        client's certificate as getpeercert() gives it, if it sent one. ``mitm``: the intercepted
+        tunnel (a mitm.Interception) whose requests this connection reads, if it is one."""
+        self.mitm = mitm
         self.proxy = proxy
         self.loop = proxy.loop
         self.sock = sock
@@ -396,14 +400,16 @@ class Handshake(PreludeStep):
     bounded by read_header_timeout (60s when that is off); then the revocation check, then its
     ClientConnection. A failure is logged with the client's address and closes only this one."""
 
-    __slots__ = ()
+    __slots__ = ("_then",)
 
     FAILURE, TIMEOUT = "TLS handshake error", "handshake did not finish in time"
 
-    def __init__(self, proxy, sock, address):
-        super().__init__(proxy, proxy.tls.context.wrap_socket(sock, server_side=True,
-                                                              do_handshake_on_connect=False))
-        self.address = address
+    def __init__(self, proxy, sock, address, context=None, then=None):
+        """``context``: the listener's (the default), or an intercepted tunnel's leaf for its host,
+        whose handshake then goes on with ``then(tls_socket)`` instead."""
+        context = context or proxy.tls.context
+        super().__init__(proxy, context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False))
+        self.address, self._then = address, then
 
     def _step(self):
         try:
@@ -422,6 +428,9 @@ class Handshake(PreludeStep):
     def _established(self):
         proxy, sock = self.proxy, self.sock
         self._stop()
+        if self._then is not None:
+            self._then(sock)
+            return
         der_certificate = sock.getpeercert(binary_form=True)
         peer_certificate = None
         if der_certificate is not None:

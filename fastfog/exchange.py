@@ -69,7 +69,7 @@ class Exchange:
         self._arm(proxy.config.read_timeout, "reading the request")
         body = forward.request_body(self.head)
         try:
-            first = forward.upstream_request(self.head) + take(body, conn.buffer)
+            first = forward.upstream_request(self.head, self.upstream.add_headers) + take(body, conn.buffer)
         except HeadError as err:
             self._bad_request(err)
             return
@@ -151,7 +151,7 @@ class Exchange:
 
     def _response_sent(self):
         proxy, upstream, response, fields = self.proxy, self.upstream, self._response, self.fields
-        reusable = (self.head.version != "1.0" and response.keep_alive and not self._buffer
+        reusable = (upstream.poolable and self.head.version != "1.0" and response.keep_alive and not self._buffer
                     and not isinstance(self._body, forward.UntilClose))
         self._end()
         if reusable:

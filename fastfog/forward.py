@@ -83,11 +83,17 @@ def response_body(head, method):
     return UntilClose()
 
 
-def upstream_request(head):
-    """The request head to send upstream."""
+def upstream_request(head, add_headers=()):
+    """The request head to send upstream; ``add_headers``: (name, value) pairs that replace any
+    the client sent under those names (an intercepted request's ``add_headers``)."""
     before = f"{head.method} {head.path} HTTP/{head.version}\r\nHost: {head.authority}\r\n".encode("ascii")
     # HTTP/1.0 upstream connections are not pooled.
-    return rewrite_head(before, head.headers, REQUEST_ONLY, True, b"Connection: close\r\n" if head.version == "1.0" else b"")
+    after = b"Connection: close\r\n" if head.version == "1.0" else b""
+    removed = REQUEST_ONLY
+    if add_headers:
+        removed = REQUEST_ONLY | {name.lower().encode("latin-1") for name, _ in add_headers}
+        after += b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in add_headers)
+    return rewrite_head(before, head.headers, removed, True, after)
 
 
 def client_response(head, close, client_version):

@@ -36,12 +36,14 @@ from fastfog.forward import header_value
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head, poller_for
 from fastfog.keepalive import KeepAlive
 from fastfog.limits import Limits
+from fastfog.mitm import InterceptedHead, Interception, logged_headers, origin_context
 from fastfog.metrics import Metrics
 from fastfog.pool import UpstreamPool
+from fastfog import reasons
 from fastfog.reasons import CODE_SNI
 from fastfog.roles import RequestView
-from fastfog.snicheck import SniCheck
-from fastfog.tls import SocketTransport, TLSRelay
+from fastfog.snicheck import SniCheck, sni_matches
+from fastfog.tls import ClientTLSSocket, OriginHandshake, SocketTransport, TLSRelay
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
@@ -136,7 +138,8 @@ def _info_details(fields, upstream, record):
     details = {"lookup_ms": upstream.lookup_ms if upstream is not None else None,
                "connect_ms": upstream.connect_ms if upstream is not None else None,
                "reused_upstream": upstream.reused if upstream is not None else False,
-               "access_response": fields.get("access_response")}
+               "access_response": fields.get("access_response"),
+               "intercepted_in": fields.get("mitm_connect_id")}  # the CONNECT's id, for an intercepted request
     if record is not None:
         details["last_activity"] = record["last_activity"]
         details["active_at_termination"] = record.get("active_at_termination", False)
@@ -168,6 +171,7 @@ class Proxy:
         self.metrics.gauge("fastfog.dns.cache.entries", lambda: resolver.cache_entries)
         self.metrics.gauge("fastfog.dns.cache.bytes", lambda: resolver.cache_bytes)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
+        self._origin_tls = None  # likewise, for intercepted requests (see origin_tls)
         self.webhooks = None  # fastfog.webhooks.Webhooks when configured (set by the server)
         self.on_close = None  # called once a connection closes, when set (see server.Acceptor)
 
@@ -176,6 +180,7 @@ class Proxy:
         takes the current one, so a reload never touches an open connection's."""
         self.config = config
         self.tls = config.server_tls
+        self.mitm = config.mitm  # fastfog.mitm.MitmAuthority, or None
         self.policy = AddressPolicy(config.allow_ranges, config.deny_ranges, config.allow_addresses,
                                     config.deny_addresses, config.unsafe_allow_private_ranges, self._listen_port,
                                     self._own_addresses)
@@ -227,7 +232,9 @@ class Proxy:
 
     def request(self, conn, head):
         """A complete request head on ``conn``."""
-        if head.form == "authority":
+        if conn.mitm is not None:
+            self._forward_intercepted(conn, head)
+        elif head.form == "authority":
             self._connect(conn, head)
         elif head.form == "absolute":
             self._forward(conn, head)
@@ -295,6 +302,8 @@ class Proxy:
         Subject CN; without TLS there is none.
         """
         config = self.config
+        if conn.mitm is not None:  # inside an intercepted tunnel: the CONNECT's role, always
+            return conn.mitm.role, None
         if config.role_plugin is not None:
             return self._plugin_role(conn, head)
         if config.auth is not None:
@@ -349,7 +358,7 @@ class Proxy:
         if role_error is not None:
             return role_error
         decision = acl.decide(role, host.name, port, upstream_proxy)
-        if decision.mitm is not None and connect:  # interception asked for: not available in fastfog yet
+        if decision.mitm is not None and connect and self.mitm is None:  # interception asked for, no CA
             return mitm_refused(decision)
         return decision
 
@@ -421,6 +430,9 @@ class Proxy:
                 conn.close()
                 return
             conn.detach()
+            if upstream.decision.mitm is not None:
+                self._intercept(conn, head, fields, upstream, started)
+                return
             if self.config.sni_check == "off":
                 self._relay(conn, head, fields, upstream, started, None, None)
                 return
@@ -489,6 +501,101 @@ class Proxy:
         tunnel.relay.attach(None, proxy_transport)
         proxy_transport.resume_reading()
         return tunnel.relay
+
+    # --- interception (mitm_domains; see mitm.py) -----------------------------------------
+
+    def _intercept(self, conn, head, fields, upstream, started):
+        """An allowed CONNECT to a mitm domain, answered 200: TLS with the client on a leaf for the
+        host, then its requests, each decided and forwarded on its own (_forward_intercepted)."""
+        self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
+                                      "conn_establish_time_ms": upstream.connect_ms})
+        self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
+        upstream.close()  # each request inside dials its own, over TLS
+        host = upstream.requested.name  # canonical: a leaf for an IP literal gets an IP address SAN
+        try:
+            context = self.mitm.context_for(host)
+        except Exception as err:  # a CA the minting refuses: this tunnel only
+            self.log.error("cannot mint a certificate for an intercepted host", {**fields, "error": str(err)})
+            conn.sock.close()
+            return
+        interception = Interception(fields["role"], head.host, head.port, head.authority, upstream.decision.mitm,
+                                    fields["id"])
+        is_address = upstream.requested.address is not None
+        Handshake(self, conn.sock, conn.address, context,
+                  lambda sock: self._intercepted(sock, conn.address, host, is_address, fields, interception)).start()
+
+    def _intercepted(self, sock, address, host, is_address, fields, interception):
+        """The client's TLS is up: the SNI check (its ClientHello named the CONNECT host?), then
+        its requests."""
+        if self.config.sni_check != "off":
+            named = getattr(sock, "server_name_received", None)
+            if not sni_matches(host, named, is_address):
+                fields["tls_sni"] = named or ""
+                if self.config.sni_check == "enforce":
+                    decision = Decision(False, reasons.SNI_MISMATCH, "deny", code=CODE_SNI)
+                    self.log.warning(logs.DECISION, {**fields, **self.decision_fields(decision, 0)})
+                    self.metrics.incr("sni.deny")
+                    sock.close()
+                    return
+                self.metrics.incr("sni.report")
+        ClientConnection(self, sock, address, None, interception).read_head()
+
+    def _forward_intercepted(self, conn, head):
+        """A request inside an intercepted tunnel: decided again with the CONNECT's role, sent to
+        the origin over TLS verified against the system's roots, ``add_headers`` set."""
+        interception = conn.mitm
+        if head.form not in ("origin", "absolute") or (head.form == "absolute" and head.scheme != "https"):
+            conn.finish(responses.bad_request("an intercepted tunnel carries https requests only"))
+            return
+        started = time.time()
+        view = InterceptedHead(head, interception)
+        fields = self.request_fields(conn, "http", view, started)
+        fields["mitm_connect_id"] = interception.connect_id
+
+        def opened(upstream, answer, close):
+            if upstream is None:
+                self._count_intercepted("refused", fields["role"])
+                self._answer_unopened(conn, answer, close)
+                return
+            domain = upstream.decision.mitm or interception.domain
+            upstream.add_headers, upstream.poolable = domain.add_headers, False
+            if domain.detailed_http_logs:
+                fields.update(mitm_req_url=view.url, mitm_req_method=view.method,
+                              mitm_req_headers=logged_headers(head.headers, domain.full_headers))
+            OriginHandshake(self, upstream, view.host,
+                            lambda: self._origin_ready(conn, view, fields, upstream, started),
+                            lambda error: self._origin_failed(conn, view, fields, upstream, error)).start()
+
+        Opening(self, conn, view, fields, False, opened).start()
+
+    def _count_intercepted(self, outcome, role):
+        """fastfog_mitm_requests{outcome, role}: refused, forwarded, origin_tls_failed."""
+        self.metrics.incr("fastfog.mitm.requests", (("outcome", outcome),
+                                                    ("role", self.metrics.role("fastfog.mitm.requests", role))))
+
+    def _origin_ready(self, conn, view, fields, upstream, started):
+        self._count_intercepted("forwarded", fields["role"])
+        if self.webhooks is not None:
+            self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
+        self._exchange(conn, view, fields, upstream, started)
+
+    def _origin_failed(self, conn, view, fields, upstream, error):
+        """The origin's TLS failed (its certificate did not verify, say): a 502 and a deny record."""
+        self._count_intercepted("origin_tls_failed", fields["role"])
+        self.limits.release(upstream.role)
+        upstream.close()
+        allowed = upstream.decision
+        decision = Decision(False, f"origin TLS failed: {error}", "deny", allowed.project, allowed.default_rule,
+                            True, allowed.rule, "mitm_origin_tls")
+        message = f"Failed to connect to remote host: TLS to {view.authority}: {error}"
+        conn.finish(self.failure(view, fields, decision, upstream.lookup_ms, 502, message, True))
+
+    def origin_tls(self):
+        """How intercepted requests reach their origins (mitm.origin_context), made on first use."""
+        if self._origin_tls is None:
+            self._origin_tls = origin_context()
+            self._origin_tls.sslsocket_class = ClientTLSSocket
+        return self._origin_tls
 
     def _upstream_tls(self, via):
         """How to reach an upstream proxy: over TLS for an https:// one, its certificate checked

@@ -32,7 +32,7 @@ RESTART_ONLY = frozenset({
 })
 LOADING_SWITCH_INTERVAL = 0.0005  # seconds: how long the loop may wait for the GIL during a load
 # Compared through what they load (the ACL's rules, the TLS files), not as settings.
-LOADED = frozenset({"acl_file", "tls"})
+LOADED = frozenset({"acl_file", "tls", "mitm_ca_cert_file", "mitm_ca_key_file"})
 
 
 def _rules(acl):
@@ -64,6 +64,8 @@ def changes(old, new):
         found.append(f"{key.name} changed" + (" (takes effect after a restart)" if key.name in RESTART_ONLY else ""))
     if new.server_tls is not None:
         found.append("TLS files re-read")
+    if new.mitm is not None:
+        found.append("MITM CA re-read")
     return found
 
 

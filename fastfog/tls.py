@@ -32,6 +32,7 @@ import ssl
 
 from cryptography import x509
 
+from fastfog import sockio
 from fastfog.reference.relay import SpliceRelay as PythonRelay
 
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----", re.S)
@@ -207,6 +208,68 @@ class TLSRelay(PythonRelay):
     is the splice relay's machine (fastfog.reference.relay), with the same attributes."""
 
     copy_limit = float("inf")
+
+
+class OriginHandshake:
+    """TLS from fastfog to an intercepted request's origin, over the Upstream it dialed: verified
+    against the system's roots (or SSL_CERT_FILE) and ``host``, driven by loop callbacks, bounded
+    by connect_timeout. Then ``ready()`` (the Upstream's socket and watch are the TLS ones), or
+    ``failed(reason)``."""
+
+    __slots__ = ("proxy", "upstream", "host", "ready", "failed", "sock", "watch", "timer")
+
+    def __init__(self, proxy, upstream, host, ready, failed):
+        self.proxy, self.upstream, self.host, self.ready, self.failed = proxy, upstream, host, ready, failed
+        self.sock = self.watch = self.timer = None
+
+    def start(self):
+        upstream, loop = self.upstream, self.proxy.loop
+        if upstream.watch is not None:  # the plain socket's edge registration
+            upstream.watch.forget()
+            upstream.watch = None
+        try:
+            self.sock = upstream.sock = self.proxy.origin_tls().wrap_socket(
+                upstream.sock, server_hostname=self.host, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError, ValueError) as err:
+            self.failed(getattr(err, "reason", None) or str(err))
+            return
+        self.watch = sockio.LevelWatch(loop, self.sock.fileno())
+        timeout = self.proxy.config.connect_timeout
+        if timeout:
+            self.timer = loop.call_later(timeout, self._timed_out)
+        self._step()
+
+    def _step(self):
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.watch.wait_read(self._step)
+            return
+        except ssl.SSLWantWriteError:
+            self.watch.wait_write(self._step)
+            return
+        except ssl.SSLCertVerificationError as err:
+            self._end()
+            self.failed(f"certificate verify failed: {err.verify_message}")
+            return
+        except (ssl.SSLError, OSError) as err:
+            self._end()
+            self.failed(getattr(err, "reason", None) or str(err))
+            return
+        self._end()
+        self.upstream.watch = self.watch
+        self.ready()
+
+    def _timed_out(self):
+        self.timer = None
+        self.watch.cancel()
+        self.failed("handshake timed out")
+
+    def _end(self):
+        self.watch.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 def _extension(certificate, kind):

@@ -233,12 +233,13 @@ class HttpOrigin:
     and answers by path: ``/hello``, ``/chunked``, ``/close`` (body ends at close), ``/empty`` (204),
     ``/echo`` (the request body back), ``/smokescreen-error`` (sets X-Smokescreen-Error)."""
 
-    def __init__(self, background, host, port):
+    def __init__(self, background, host, port, ssl=None):
+        """``ssl``: a server SSLContext, for an HTTPS origin."""
         self.background = background
         self.requests = []
         self.connections = 0
         self.writers = set()
-        self.server = background.run(asyncio.start_server(self._serve, host, port))
+        self.server = background.run(asyncio.start_server(self._serve, host, port, ssl=ssl))
 
     def drop_connections(self):
         """Close every open connection from the server side (as an idle timeout would)."""

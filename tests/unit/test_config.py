@@ -152,6 +152,8 @@ dns_cache: {{max_entries: 100000, min_ttl: 0s, max_ttl: 300s, negative_ttl: 5s}}
      "max_request_burst: 10 must be greater than max_request_rate (10)"),
     ("mitm_ca_key_file: /k.pem", "mitm_ca_cert_file: required when mitm_ca_key_file is set"),
     ("mitm_ca_cert_file: /c.pem", "mitm_ca_key_file: required when mitm_ca_cert_file is set"),
+    ("mitm_ca_cert_file: /no/c.pem\nmitm_ca_key_file: /no/k.pem",
+     "mitm_ca_cert_file: /no/c.pem: No such file or directory"),
     ("tls: {key_file: /k.pem}", "tls: cert_file: required"),
     ("tls: {cert_file: /c.pem, certfile: x}", "tls: unknown key 'certfile'"),
     ("webhook: {url: https://x/, timeout: 5}", "webhook: timeout: expected a duration"),
