@@ -7,9 +7,11 @@ update per event); the exporters read them:
 - Prometheus (``--expose-prometheus-metrics``): text format on its own HTTP
   listener, names with ``.`` → ``_`` and no ``_total`` added (Smokescreen's
   Go client adds none), timings as ``<name>_timer`` histograms in
-  milliseconds. fastfog renders the text format itself: prometheus-client
-  appends ``_total`` to every counter, which would rename ``acl_allow`` and
-  break every existing dashboard.
+  milliseconds, a ``# HELP`` line for every family. fastfog renders the text
+  format itself: prometheus-client appends ``_total`` to every counter, which
+  would rename ``acl_allow`` and break every existing dashboard. The standard
+  ``process_*`` families come from prometheus-client's process collector
+  (per worker, labelled, under ``--workers``), with ``fastfog_build_info``.
 - DogStatsD (``--statsd-address``): ``smokescreen.``-prefixed lines with
   ``k:v`` tags, gathered while the loop runs and sent in as few UDP datagrams
   as fit, once per loop iteration; a send never blocks, and datagrams the
@@ -40,6 +42,73 @@ HISTOGRAMS = {"cn.duration": SECOND_BUCKETS, "cn.bytes_in": BYTE_BUCKETS, "cn.by
 TIMINGS = frozenset({"resolver.lookup_time", "cn.atpt.connect.time", "proxy_duration_ms"})
 STATSD_PREFIX = "smokescreen."
 DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
+
+
+# The # HELP text of every family (Smokescreen's names first); a name missing here still gets one.
+HELP = {
+    "acl.allow": "Requests the ACL allowed, by role, project and whether the default rule decided.",
+    "acl.report": "Requests allowed by a report policy that enforce would have denied.",
+    "acl.deny": "Requests the ACL denied.",
+    "acl.role_not_determined": "Requests whose client role could not be determined.",
+    "resolver.attempts_total": "Host name lookups, answers from the cache included.",
+    "resolver.errors_total": "Lookups that failed, and destinations whose every address was denied.",
+    "resolver.lookup_time": "Time to resolve a host name, in milliseconds.",
+    "resolver.allow.default": "Destination addresses allowed by the default address policy.",
+    "resolver.allow.user_configured": "Destination addresses allowed by allow_ranges or allow_addresses.",
+    "cn.atpt.total": "Upstream connection attempts, by success.",
+    "cn.atpt.connect.err": "Failed upstream connection attempts, by error type.",
+    "cn.atpt.connect.time": "Time to connect upstream (with time_connect), in milliseconds.",
+    "cn.close": "CONNECT tunnels closed, by role and project.",
+    "cn.active_at_termination": "Tunnels still active when a shutdown closed them.",
+    "cn.duration": "How long tunnels lasted, in seconds.",
+    "cn.bytes_in": "Bytes each tunnel received from its upstream.",
+    "cn.bytes_out": "Bytes each tunnel sent to its upstream.",
+    "proxy_duration_ms": "Time from a request's arrival to its tunnel or forwarding starting, in milliseconds.",
+    "requests.rate_limited": "Requests refused by the request rate limit (429).",
+    "requests.concurrency_limited": "Requests refused by the concurrency limit (503).",
+    "tunnels.concurrency_limited": "CONNECTs refused by the tunnel limit (429).",
+    "requests.concurrent": "Requests being processed now.",
+    "sni.report": "Tunnels whose TLS server name did not match the CONNECT host (reported).",
+    "sni.deny": "Tunnels closed because their TLS server name did not match the CONNECT host.",
+    "webhook.sent": "Webhook events delivered.",
+    "webhook.dropped": "Webhook events dropped (queue full or delivery failed).",
+    "webhook.access_request.requests": "Access-request webhook calls made.",
+    "webhook.access_request.accepts": "Access-request webhook calls answered accept.",
+    "webhook.access_request.errors": "Access-request webhook calls that failed.",
+    "webhook.access_request.timeouts": "Access-request webhook calls that timed out.",
+    "webhook.access_request.cache_hits": "Access-request answers taken from the cache.",
+    "fastfog.statsd.dropped": "DogStatsD datagrams the kernel refused.",
+    "fastfog.log.dropped": "Log records dropped because the log reader was too slow.",
+    "fastfog.accept.exhausted": "Accepts refused for want of descriptors or memory.",
+    "fastfog.dns.cache.hits": "Host name lookups answered by the DNS cache.",
+    "fastfog.dns.cache.misses": "Host name lookups the DNS cache could not answer.",
+    "fastfog.dns.cache.entries": "Names in the DNS cache.",
+    "fastfog.dns.cache.bytes": "Memory the DNS cache's entries take, as fastfog counts them.",
+    "fastfog.mitm.requests": "Requests inside intercepted tunnels, by outcome and role.",
+    "fastfog.workers.unreachable": "Worker processes that did not answer the last scrape.",
+}
+_DENY_HELP = "Destination addresses denied: "
+
+
+def help_text(name):
+    found = HELP.get(name)
+    if found is not None:
+        return found
+    if name.startswith("resolver.deny."):
+        return _DENY_HELP + name[len("resolver.deny."):].replace("_", " ") + "."
+    return f"fastfog's {name}."
+
+
+def process_figures():
+    """This process's standard figures (prometheus-client's process collector): {family: (type,
+    help, value)}, with ``process_cpu_seconds_total`` as a counter."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    found = {}
+    for family in ProcessCollector(registry=CollectorRegistry()).collect():
+        for sample in family.samples:
+            found[sample.name] = (family.type, family.documentation, sample.value)
+    return found
 
 
 def sanitise(value):
@@ -140,11 +209,13 @@ class Metrics:
     # --- export --------------------------------------------------------------------------------
 
     def snapshot(self):
-        """Plain data of everything counted (gauges read now), for merging across processes."""
+        """Plain data of everything counted (gauges read now), for merging across processes;
+        ``process``: [(labels, process_figures())], this process's own."""
         return {
             "counters": dict(self.counters),
             "histograms": {key: list(slots) for key, slots in self.histograms.items()},
             "gauges": {name: read() for name, read in self.gauges.items()},
+            "process": [((), process_figures())],
         }
 
     def prometheus_text(self):
@@ -152,9 +223,11 @@ class Metrics:
 
 
 def merge(snapshots):
-    """Several processes' snapshots as one: everything adds up."""
-    merged = {"counters": {}, "histograms": {}, "gauges": {}}
+    """Several processes' snapshots as one: everything adds up; process figures are kept apart
+    (each snapshot's labelled by the caller, e.g. with its worker)."""
+    merged = {"counters": {}, "histograms": {}, "gauges": {}, "process": []}
     for snapshot in snapshots:
+        merged["process"] += snapshot.get("process", [])
         for key, value in snapshot["counters"].items():
             merged["counters"][key] = merged["counters"].get(key, 0) + value
         for key, slots in snapshot["histograms"].items():
@@ -184,13 +257,14 @@ def _number(value):
 
 
 def render_prometheus(snapshot):
-    """The Prometheus text format (0.0.4) of a snapshot."""
+    """The Prometheus text format (0.0.4) of a snapshot, with # HELP for every family."""
     lines = []
     by_name = {}
     for (name, labels), value in sorted(snapshot["counters"].items()):
         by_name.setdefault(name, []).append((labels, value))
     for name, series in by_name.items():
         exported = prometheus_name(name)
+        lines.append(f"# HELP {exported} {help_text(name)}")
         lines.append(f"# TYPE {exported} counter")
         lines += [f"{exported}{_labels(labels)} {_number(value)}" for labels, value in series]
     by_name = {}
@@ -199,6 +273,7 @@ def render_prometheus(snapshot):
     for name, series in by_name.items():
         exported = prometheus_name(name) + ("_timer" if name in TIMINGS else "")
         buckets = HISTOGRAMS.get(name, TIME_BUCKETS_MS)
+        lines.append(f"# HELP {exported} {help_text(name)}")
         lines.append(f"# TYPE {exported} histogram")
         for labels, slots in series:
             cumulative = 0
@@ -210,8 +285,31 @@ def render_prometheus(snapshot):
             lines.append(f"{exported}_count{_labels(labels)} {slots[-1]}")
     for name, value in sorted(snapshot["gauges"].items()):
         exported = prometheus_name(name)
-        lines += [f"# TYPE {exported} gauge", f"{exported} {_number(value)}"]
+        lines += [f"# HELP {exported} {help_text(name)}", f"# TYPE {exported} gauge", f"{exported} {_number(value)}"]
+    families = {}
+    for labels, figures in snapshot.get("process", ()):
+        for sample, (kind, text, value) in figures.items():
+            family = families.setdefault(sample, (kind, text, []))
+            family[2].append((labels, value))
+    for sample, (kind, text, series) in sorted(families.items()):
+        family = sample[:-len("_total")] if kind == "counter" and sample.endswith("_total") else sample
+        lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}"]
+        lines += [f"{sample}{_labels(labels)} {_number(value)}" for labels, value in series]
+    lines += [f"# HELP fastfog_build_info {BUILD_INFO_HELP}", "# TYPE fastfog_build_info gauge",
+              f"fastfog_build_info{_labels(build_labels())} 1"]
     return "\n".join(lines) + "\n"
+
+
+BUILD_INFO_HELP = "The fastfog that runs: its version, its core (compiled or pure) and Python's version."
+
+
+def build_labels():
+    import platform
+
+    from fastfog import __version__, hotpaths
+
+    return (("core", "compiled" if hotpaths.COMPILED else "pure"), ("python", platform.python_version()),
+            ("version", __version__))
 
 
 class StatsdSink:

@@ -112,8 +112,10 @@ class Figures:
         snapshots, unreachable = [self.carried], 0
         for worker, reply in zip(self.workers, replies):
             if reply["ok"]:
-                snapshots.append(reply["value"])
-                worker.last_figures = {**reply["value"], "gauges": {}}
+                snapshot = reply["value"]
+                labels = (("worker", str(worker.index)),)
+                snapshots.append({**snapshot, "process": [(labels, figures) for _, figures in snapshot["process"]]})
+                worker.last_figures = {**snapshot, "gauges": {}, "process": []}
                 continue
             unreachable += 1
             self.log.error("a worker did not answer the metrics scrape; its last figures are served",

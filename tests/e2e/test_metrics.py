@@ -127,3 +127,26 @@ def test_statsd_without_a_listener_drops_without_slowing_anything(start_proxy, e
         assert head.status == 200
     assert eventually(lambda: samples(scrape(netns.PROXY)[1]).get("fastfog_statsd_dropped", 0) >= 1)
     assert proxy.records("statsd datagrams dropped", wait_for=1)
+
+
+def test_every_family_has_help_and_the_page_parses_with_prometheus_client(start_proxy, echo):
+    """prometheus-client's own parser is the oracle; process figures and build info are there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fastfog import hotpaths
+
+    proxy = start_proxy("--expose-prometheus-metrics", "--prometheus-listen-ip", netns.PROXY)
+    tunnel(proxy, "x", "origin.test:7")
+    tunnel(proxy, "x", "private.test:7")  # a deny: resolver.deny.private_range
+    status, text = scrape(netns.PROXY)
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    helps = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")}
+    types = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert types <= helps, types - helps  # every family has its help text
+    assert families["resolver_deny_private_range"].documentation == "Destination addresses denied: private range."
+    assert families["process_open_fds"].samples[0].value > 5
+    assert families["process_max_fds"].samples[0].value >= 1024
+    assert families["process_cpu_seconds"].type == "counter"
+    [info] = families["fastfog_build_info"].samples
+    assert info.labels["core"] == ("compiled" if hotpaths.COMPILED else "pure") and info.value == 1

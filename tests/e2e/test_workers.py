@@ -43,6 +43,7 @@ def test_workers_share_the_port_and_their_figures_add_up(start_proxy, tmp_path, 
     assert eventually(lambda: samples(scrape(netns.PROXY)[1]).get("cn_close{project=\"\",role=\"\"}") == 40)
     found = samples(scrape(netns.PROXY)[1])
     assert found['cn_atpt_total{success="true"}'] == 40
+    assert found['process_open_fds{worker="0"}'] > 0 and found['process_open_fds{worker="1"}'] > 0  # per worker
 
 
 def test_a_worker_that_dies_is_replaced_and_reload_reaches_every_worker(start_proxy, tmp_path, echo):
