@@ -70,8 +70,10 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser(
         "check-config", allow_abbrev=False,
-        help="load a config file (with its ACL and TLS files) and print it, or say what is wrong")
-    check.add_argument("file", metavar="FILE")
+        help="load a config file (with its ACL and TLS files), or an ACL file alone, and print it, "
+             "or say what is wrong")
+    check.add_argument("file", metavar="FILE", help="a config file, or an ACL file (it has 'version: v1')")
+    check.add_argument("--acl", metavar="FILE", help="the ACL to check with the config (as --egress-acl-file)")
     serve = commands.add_parser("serve", allow_abbrev=False, help="run the proxy (Smokescreen's flags)")
     add_config_flags(serve)
     bench = commands.add_parser(
@@ -88,14 +90,35 @@ def build_parser():
     return parser
 
 
-def check_config(path, out=sys.stdout, err=sys.stderr):
+def check_config(path, out=sys.stdout, err=sys.stderr, acl=None):
+    """Load and print a config (with ``acl`` as its ACL file, if given), or an ACL file alone."""
+    from fastfog.acl import AclError, parse_acl
     from fastfog.config import ConfigError, load_config
+    from fastfog.yamlfile import read_yaml
 
+    if acl is None:
+        try:
+            document = read_yaml(path, ConfigError)
+        except ConfigError as error:
+            print(f"Failed to load config: {error}", file=err)
+            return 1
+        if isinstance(document, dict) and "version" in document:  # an ACL file, given alone
+            try:
+                loaded = parse_acl(document, path)
+            except AclError as error:
+                print(f"Failed to load ACL: {error}", file=err)
+                return 1
+            for warning in loaded.warnings:
+                print(f"warning: {path}: {warning}", file=err)
+            yaml.safe_dump(loaded.summary(), out, sort_keys=False, default_flow_style=False)
+            return 0
     try:
-        config = load_config(path)
+        config = load_config(path, {"acl_file": acl} if acl is not None else None)
     except ConfigError as error:
         print(f"Failed to load config: {error}", file=err)
         return 1
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=err)
     if config.acl is not None:
         for warning in config.acl.warnings:
             print(f"warning: {config.acl.path}: {warning}", file=err)
@@ -160,7 +183,7 @@ def main(argv=None):
         print(version_text())
         return 0
     if args.command == "check-config":
-        return check_config(args.file)
+        return check_config(args.file, acl=args.acl)
     if args.command == "serve":
         return serve(args, argv)
     if args.command == "bench":

@@ -396,7 +396,10 @@ KEYS = (
     # fastfog's own (SPEC section 5)
     Key("workers", integer(1, 1024), 1, flag="--workers", flag_metavar="N",
         flag_help="worker processes sharing the port (default 1)"),
-    Key("log_format", choice("json", "logfmt"), "json"),
+    Key("log_format", choice("json", "logfmt"), "json", flag="--log-format", flag_metavar="FORMAT",
+        flag_help="json (default) or logfmt"),
+    Key("log_level", choice("debug", "info", "warn", "warning", "error"), "info", flag="--log-level",
+        flag_metavar="LEVEL", flag_help="the least severe records written: debug, info (default), warn, error"),
     Key("role_from_request", plugin_reference, None),
     Key("proxy_auth", _PROXY_AUTH, None),
     Key("webhook", _WEBHOOK, None),
@@ -459,6 +462,7 @@ class Config:
     mitm_ca_key_file: str | None = None
     workers: int = 1
     log_format: str = "json"
+    log_level: str = "info"
     role_from_request: str | None = None
     proxy_auth: object = None
     webhook: object = None
@@ -475,6 +479,16 @@ class Config:
     role_plugin: object = None  # the role_from_request callable
     server_tls: object = None  # fastfog.tls.ServerTLS when tls is set
     mitm: object = None  # fastfog.mitm.MitmAuthority when mitm_ca_cert_file is set
+
+    def warnings(self):
+        """What loads but cannot be what was meant, such as a configuration that denies everything."""
+        found = []
+        role_sources = (self.role_plugin, self.auth, self.server_tls is not None and self.server_tls.verifies_clients)
+        if self.acl is not None and not any(role_sources) and not self.allow_missing_role:
+            found.append("an ACL with no way to learn a client's role (no tls.client_ca_files, no proxy_auth, "
+                         "no role_from_request) and allow_missing_role false: every request would be denied "
+                         "'Client role cannot be determined'")
+        return found
 
     def not_yet_supported(self):
         """Keys set to something the proxy cannot do yet, each with why: serve refuses these."""

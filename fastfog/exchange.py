@@ -160,8 +160,9 @@ class Exchange:
             upstream.close()
         fields["status_code"] = response.status
         fields["content_length"] = -1 if response.content_length is None else response.content_length
-        proxy.log.info(logs.DECISION, {**fields, **proxy.decision_fields(upstream.decision, upstream.lookup_ms),
-                                       "conn_establish_time_ms": upstream.connect_ms})
+        if proxy.log.info_enabled:  # (the record is not even built below the log level)
+            proxy.log.info(logs.DECISION, {**fields, **proxy.decision_fields(upstream.decision, upstream.lookup_ms),
+                                           "conn_establish_time_ms": upstream.connect_ms})
         proxy.metrics.observe("proxy_duration_ms", (time.time() - self.started) * 1000)
         if proxy.webhooks is not None:
             proxy.request_events(self.head, fields, upstream, self.started)

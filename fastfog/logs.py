@@ -19,7 +19,12 @@ import time
 
 from fastfog import hotpaths
 
+LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
 DECISION = "CANONICAL-PROXY-DECISION"
+
+
+def _ignore(msg, fields=None):
+    """A record below the log level: nothing is formatted or written."""
 CONNECTION_CLOSE = "CANONICAL-PROXY-CN-CLOSE"
 
 # Compiled hot paths, described in fastfog.reference.record.
@@ -53,9 +58,17 @@ class Log:
 
     DEFAULT_BACKLOG = 4 << 20
 
-    def __init__(self, fmt="json", fd=None, loop=None, atomic_lines=False, max_backlog=DEFAULT_BACKLOG):
+    def __init__(self, fmt="json", fd=None, loop=None, atomic_lines=False, max_backlog=DEFAULT_BACKLOG,
+                 level="info"):
         """``atomic_lines``: several processes write to the same stream (``--workers``); each
-        write is then whole lines of at most PIPE_BUF bytes, which a pipe never interleaves."""
+        write is then whole lines of at most PIPE_BUF bytes, which a pipe never interleaves.
+        ``level``: the least severe records written (debug, info, warn, error); the others are
+        dropped before they are formatted, and ``info_enabled`` lets a caller skip building one."""
+        threshold = LEVELS[level]
+        self.info_enabled = threshold <= LEVELS["info"]
+        for name in ("info", "warning", "error"):
+            if LEVELS[name] < threshold:
+                setattr(self, name, _ignore)
         self._fd = sys.stderr.fileno() if fd is None else fd
         self._format = hotpaths.json_line if fmt == "json" else self._logfmt
         self._pending = []

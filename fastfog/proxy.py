@@ -476,8 +476,9 @@ class Proxy:
         self._relay(conn, head, fields, upstream, started, None, None)
 
     def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
-        self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
-                                      "conn_establish_time_ms": upstream.connect_ms})
+        if self.log.info_enabled:  # (the record is not even built below the log level)
+            self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
+                                          "conn_establish_time_ms": upstream.connect_ms})
         self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
         if self.webhooks is not None:
             self.webhooks.emit("connection-start", fields["id"], _start_details(fields))

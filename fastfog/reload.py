@@ -25,7 +25,7 @@ import time
 from fastfog.config import KEYS, ConfigError
 
 RESTART_ONLY = frozenset({
-    "ip", "port", "stats_socket_dir", "stats_socket_file_mode", "admin_socket", "log_format",
+    "ip", "port", "stats_socket_dir", "stats_socket_file_mode", "admin_socket", "log_format", "log_level",
     "resolver_addresses", "network", "dns_timeout", "dns_cache", "transport_max_idle_conns",
     "transport_max_idle_conns_per_host", "workers", "expose_prometheus_metrics", "prometheus_endpoint",
     "prometheus_listen_ip", "prometheus_port", "statsd_address", "webhook", "tcp_keepalive", "log_buffer_bytes",

@@ -181,6 +181,8 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
     if config.acl is not None:
         for warning in config.acl.warnings:
             log.warning(warning, {"acl_file": config.acl.path})
+    for warning in config.warnings():
+        log.warning(warning, {})
     stopping = stop if stop is not None else loop.create_future()
     reloader = Reloader(proxy, log, reload)
     started = time.time()
@@ -476,7 +478,8 @@ def run(config, reload=None, worker=None):
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
     hold_signals()  # before the listener opens: see serve()
     # Workers share standard error: each write must be whole lines, small enough to be atomic.
-    log = Log(config.log_format, atomic_lines=worker is not None, max_backlog=config.log_buffer_bytes)
+    log = Log(config.log_format, atomic_lines=worker is not None, max_backlog=config.log_buffer_bytes,
+              level=config.log_level)
     if worker is None:  # a worker inherits its supervisor's
         raise_descriptor_limit(log)
 

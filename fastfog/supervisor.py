@@ -137,7 +137,7 @@ def supervise(config, command):
     """Run ``config.workers`` workers (each ``command``, a fastfog serve command line) until told to
     stop; the process's exit code."""
     hold_signals()  # until _supervise handles them
-    log = Log(config.log_format, max_backlog=config.log_buffer_bytes)
+    log = Log(config.log_format, max_backlog=config.log_buffer_bytes, level=config.log_level)
     raise_descriptor_limit(log)  # the workers inherit it
     if os.environ.get("EINHORN_FD_0") is not None:
         log.error("cannot start", {"error": "under Einhorn, let Einhorn run the processes (einhorn -n N) "

@@ -71,3 +71,29 @@ def test_sigterm_the_instant_the_port_accepts_stops_gracefully(dns, tmp_path):
         _, stderr = process.communicate(timeout=20)
         assert process.returncode == 0, stderr
         assert "quitting gracefully" in messages(stderr)
+
+
+def test_log_level_and_format_flags(dns, echo, tmp_path):
+    """--log-level warn: an allowed tunnel's info record is not written, a deny's warning is;
+    --log-format logfmt: lines of key=value; an unknown level is refused."""
+    process = start(tmp_path, 4790, "--log-level", "warn", "--log-format", "logfmt")
+    try:
+        first_accept(process, 4790)
+        for target in (b"origin.test:7", b"private.test:7"):
+            with socket.create_connection((netns.PROXY, 4790), timeout=10) as sock:
+                sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
+                sock.recv(1000)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    lines = stderr.splitlines()
+    assert all(line.startswith("time=") for line in lines), lines
+    assert not any(" level=info " in line for line in lines)
+    assert any("msg=CANONICAL-PROXY-DECISION" in line and "requested_host=private.test:7" in line for line in lines)
+    refused = subprocess.run([sys.executable, "-m", "fastfog", "serve", "--log-level", "verbose"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "--log-level: 'verbose' is not one of debug, info" in refused.stderr

@@ -279,8 +279,8 @@ def test_bad_tls_files_name_the_key_and_file(tmp_path, pki):
 
 # --- fastfog check-config, as a user runs it --------------------------------------------
 
-def run_check_config(path):
-    return subprocess.run([sys.executable, "-m", "fastfog", "check-config", path], capture_output=True,
+def run_check_config(path, *more):
+    return subprocess.run([sys.executable, "-m", "fastfog", "check-config", path, *more], capture_output=True,
                           text=True, timeout=60)
 
 
@@ -331,3 +331,22 @@ def test_serve_refuses_a_bad_flag():
     extra = subprocess.run([sys.executable, "-m", "fastfog", "serve", "unexpected"], capture_output=True, text=True,
                            timeout=60)
     assert extra.returncode == 2 and "unrecognized arguments: unexpected" in extra.stderr
+
+
+def test_check_config_takes_an_acl_file_alone_or_beside_a_config(tmp_path):
+    acl = tmp_path / "acl.yaml"
+    acl.write_text("version: v1\nservices:\n  - {name: hooks, action: enforce, allowed_domains: [a.example]}\n")
+    alone = run_check_config(str(acl))
+    assert alone.returncode == 0, alone.stderr
+    assert "hooks:" in alone.stdout and "no default rule set" in alone.stderr
+    config = tmp_path / "config.yaml"
+    config.write_text("port: 4751\n")
+    beside = run_check_config(str(config), "--acl", str(acl))
+    assert beside.returncode == 0 and "hooks:" in beside.stdout
+    # An ACL and no way to learn a role: everything would be denied. Said, not refused.
+    assert "every request would be denied 'Client role cannot be determined'" in beside.stderr
+    acl.write_text("version: v1\nservices:\n  - {name: hooks, action: enforce, alowed_domains: [a.example]}\n")
+    broken = run_check_config(str(acl))
+    assert broken.returncode == 1
+    assert broken.stderr == (f"Failed to load ACL: {acl}: line 3: services[0]: unknown key 'alowed_domains' "
+                             "(did you mean 'allowed_domains'?)\n")
