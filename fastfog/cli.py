@@ -82,6 +82,10 @@ def build_parser():
     from fastfog.bench.run import add_arguments
 
     add_arguments(bench)
+    health = commands.add_parser(
+        "healthcheck", allow_abbrev=False,
+        help="exit 0 while the proxy answers GET /healthcheck on its port (the same config and flags as serve)")
+    add_config_flags(health)
     hasher = commands.add_parser(
         "hash-password", allow_abbrev=False,
         help="print a proxy_auth users_file line; the password is read from standard input")
@@ -175,6 +179,20 @@ def hash_password(user, role, stdin=sys.stdin, out=sys.stdout, err=sys.stderr):
     return 0
 
 
+def healthcheck(args, out=sys.stdout, err=sys.stderr):
+    from fastfog.config import ConfigError, load_config
+    from fastfog.service import healthcheck as probe
+
+    try:
+        config = load_config(args.config_file, flags_from_args(args))
+    except ConfigError as error:
+        print(f"Could not create configuration: {error}", file=err)
+        return 2
+    code, why = probe(config)
+    print(why, file=out if code == 0 else err)
+    return code
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -190,6 +208,8 @@ def main(argv=None):
         from fastfog.bench.run import main as bench
 
         return bench(args)
+    if args.command == "healthcheck":
+        return healthcheck(args)
     if args.command == "hash-password":
         return hash_password(args.user, args.role)
     parser.print_usage(sys.stderr)

@@ -22,6 +22,7 @@ import gc
 import sys
 import time
 
+from fastfog import service
 from fastfog.config import KEYS, ConfigError
 
 RESTART_ONLY = frozenset({
@@ -72,8 +73,9 @@ def changes(old, new):
 class Reloader:
     """Reloads ``proxy`` from ``load()`` (a function returning a new Config, or raising ConfigError)."""
 
-    def __init__(self, proxy, log, load):
-        self.proxy, self.log, self.load = proxy, log, load
+    def __init__(self, proxy, log, load, announce=False):
+        """``announce``: tell the service manager (systemd) while a reload runs."""
+        self.proxy, self.log, self.load, self.announce = proxy, log, load, announce
         self.count = 0
         self.last = None  # the last outcome, for the admin socket's /status
         self._turn = asyncio.Lock()
@@ -89,7 +91,13 @@ class Reloader:
         """Load and validate (in a thread), then swap; the outcome as a dict ({"ok", "changes"}
         or {"ok", "error"})."""
         async with self._turn:
-            return await self._reload(trigger)
+            if self.announce:
+                service.reloading()
+            try:
+                return await self._reload(trigger)
+            finally:
+                if self.announce:
+                    service.notify("READY=1")
 
     async def _load_aside(self):
         """``load()`` and the changes it brings, in a thread, with the cyclic collector paused

