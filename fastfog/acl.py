@@ -30,10 +30,43 @@ from fastfog.yamlfile import line_of, read_yaml
 log = logging.getLogger(__name__)
 
 ACTIONS = ("open", "report", "enforce")
-TOP_LEVEL_KEYS = ("version", "services", "default", "global_allow_list", "global_deny_list")
-RULE_KEYS = ("name", "project", "action", "allowed_domains", "allowed_external_proxies", "mitm_domains",
-             "allowed_ports")
-MITM_KEYS = ("domain", "add_headers", "detailed_http_logs", "detailed_http_logs_full_headers")
+
+# The keys the loader knows, with their JSON Schemas: the one table behind the unknown-key errors
+# and ``fastfog schema acl``.
+_GLOBS = {"type": "array", "items": {"type": "string"}}
+MITM_SCHEMA = {
+    "domain": {"type": "string"},
+    "add_headers": {"type": "object", "additionalProperties": {"type": "string"}},
+    "detailed_http_logs": {"type": "boolean"},
+    "detailed_http_logs_full_headers": {"type": "array", "items": {"type": "string"}},
+}
+RULE_SCHEMA = {
+    "name": {"type": "string"},
+    "project": {"type": "string"},
+    "action": {"enum": list(ACTIONS)},
+    "allowed_domains": _GLOBS,
+    "allowed_external_proxies": _GLOBS,
+    "mitm_domains": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                                "required": ["domain"], "properties": MITM_SCHEMA}},
+    "allowed_ports": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+                      "description": "fastfog's: the only ports a rule allows (no key: every port)"},
+}
+_RULE = {"type": "object", "additionalProperties": False, "required": ["action"], "properties": RULE_SCHEMA}
+TOP_LEVEL_SCHEMA = {
+    "version": {"const": "v1"},
+    "services": {"type": "array", "items": _RULE},
+    "default": _RULE,
+    "global_allow_list": _GLOBS,
+    "global_deny_list": _GLOBS,
+}
+TOP_LEVEL_KEYS, RULE_KEYS, MITM_KEYS = tuple(TOP_LEVEL_SCHEMA), tuple(RULE_SCHEMA), tuple(MITM_SCHEMA)
+
+
+def json_schema():
+    """The ACL file's JSON Schema (Smokescreen's v1 format, as fastfog reads it), for editors."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fastfog egress ACL (v1)",
+            "type": "object", "additionalProperties": False, "required": ["version", "services"],
+            "properties": TOP_LEVEL_SCHEMA}
 PORT_NOT_ALLOWED = "port not allowed in rule"
 CODE_PORT = "acl_port"
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")

@@ -86,6 +86,9 @@ def build_parser():
         "healthcheck", allow_abbrev=False,
         help="exit 0 while the proxy answers GET /healthcheck on its port (the same config and flags as serve)")
     add_config_flags(health)
+    schema = commands.add_parser(
+        "schema", allow_abbrev=False, help="print the JSON Schema of the config file or of the ACL file")
+    schema.add_argument("kind", choices=("config", "acl"))
     hasher = commands.add_parser(
         "hash-password", allow_abbrev=False,
         help="print a proxy_auth users_file line; the password is read from standard input")
@@ -208,6 +211,13 @@ def main(argv=None):
         from fastfog.bench.run import main as bench
 
         return bench(args)
+    if args.command == "schema":
+        import json
+
+        from fastfog import acl, config
+
+        print(json.dumps((config if args.kind == "config" else acl).json_schema(), indent=2, ensure_ascii=False))
+        return 0
     if args.command == "healthcheck":
         return healthcheck(args)
     if args.command == "hash-password":

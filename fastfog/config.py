@@ -35,6 +35,7 @@ class ConfigError(ValueError):
 
 # --- value parsers: value (from YAML, or a flag's string) → parsed value; ValueError(reason) ---
 
+DURATION_PATTERN = r"^[+-]?(0|([0-9]*(\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h))+)$"
 _DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -82,10 +83,16 @@ def duration(value):
     return seconds
 
 
+duration.schema = {"type": "string", "pattern": DURATION_PATTERN, "description": "a Go duration: 10s, 1m30s, 500ms"}
+
+
 def boolean(value):
     if isinstance(value, bool):
         return value
     raise ValueError(f"expected true or false, got {value!r}")
+
+
+boolean.schema = {"type": "boolean"}
 
 
 def integer(minimum=0, maximum=None):
@@ -98,6 +105,7 @@ def integer(minimum=0, maximum=None):
             upper = "" if maximum is None else f" and at most {maximum}"
             raise ValueError(f"{value} must be at least {minimum}{upper}")
         return value
+    parse.schema = {"type": "integer", "minimum": minimum, **({} if maximum is None else {"maximum": maximum})}
     return parse
 
 
@@ -114,10 +122,16 @@ def number(value):
     return float(value)
 
 
+number.schema = {"type": "number", "minimum": 0}
+
+
 def string(value):
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
     return value
+
+
+string.schema = {"type": "string"}
 
 
 def choice(*options):
@@ -125,6 +139,7 @@ def choice(*options):
         if value not in options:
             raise ValueError(f"{value!r} is not one of {', '.join(options)}")
         return value
+    parse.schema = {"enum": list(options)}
     return parse
 
 
@@ -141,6 +156,9 @@ def ip_address(value):
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
+ip_address.schema = {"type": "string", "description": "an IP address (empty: every address)"}
+
+
 def host_port(value):
     """``host:port`` (``[v6]:port``) with a port from 1 to 65535."""
     text = string(value)
@@ -154,6 +172,9 @@ def host_port(value):
     return text
 
 
+host_port.schema = {"type": "string", "description": "host:port"}
+
+
 def ip_port(value):
     """``IP:PORT``, an address literal (for resolvers: no name to resolve before resolving)."""
     text = host_port(value)
@@ -163,6 +184,9 @@ def ip_port(value):
     except ValueError:
         raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
     return text
+
+
+ip_port.schema = {"type": "string", "description": "IP:PORT ([v6]:PORT)"}
 
 
 def cidr(value):
@@ -175,10 +199,16 @@ def cidr(value):
         raise ValueError(f"invalid CIDR address: {text}") from None
 
 
+cidr.schema = {"type": "string", "description": "a CIDR block"}
+
+
 def address_entry(value):
     text = string(value)
     parse_address_entry(text)
     return text
+
+
+address_entry.schema = {"type": "string", "description": "IP or IP:PORT"}
 
 
 def file_mode(value):
@@ -189,11 +219,17 @@ def file_mode(value):
     return int(text, 8)
 
 
+file_mode.schema = {"type": ["string", "integer"], "description": "an octal file mode such as 700"}
+
+
 def plugin_reference(value):
     text = string(value)
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
         raise ValueError(f"{text!r} is not module:function")
     return text
+
+
+plugin_reference.schema = {"type": "string", "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_]\\w*$"}
 
 
 def listing(item):
@@ -205,6 +241,7 @@ def listing(item):
             raise ValueError(f"expected a list, got {value!r}")
         return tuple(_at(index, item, entry) for index, entry in enumerate(value))
     parse.item = item
+    parse.schema = {"type": "array", "items": item.schema}
     return parse
 
 
@@ -237,6 +274,9 @@ def block(schema, required=()):
             else:
                 parsed[key] = None
         return MappingProxyType(parsed)
+    parse.schema = {"type": "object", "additionalProperties": False,
+                    "properties": {key: parser.schema for key, parser in schema.items()},
+                    **({"required": list(required)} if required else {})}
     return parse
 
 
@@ -251,6 +291,7 @@ def mapping(value_parser):
             except ValueError as err:
                 raise ValueError(f"{key}: {err}") from None
         return MappingProxyType(parsed)
+    parse.schema = {"type": "object", "additionalProperties": value_parser.schema}
     return parse
 
 
@@ -655,6 +696,20 @@ def build_config(values, source=None):
     known = {f.name for f in fields(Config)}
     return Config(**{name: value for name, value in values.items() if name in known}, source=source, acl=acl,
                   auth=auth, role_plugin=plugin, server_tls=server_tls, mitm=mitm)
+
+
+def json_schema():
+    """The config file's JSON Schema, made from KEYS (the table the loader uses): for editors."""
+    properties = {}
+    for key in KEYS:
+        if key.yaml_key is None:
+            continue
+        schema = dict(key.parse.schema)
+        if key.flag_help:
+            schema.setdefault("description", key.flag_help)
+        properties[key.yaml_key] = schema
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fastfog config",
+            "type": "object", "additionalProperties": False, "properties": properties}
 
 
 def load_config(path=None, flags=None):
