@@ -14,18 +14,39 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
 
 
-def documents():
-    for path in sorted(MANIFESTS.glob("*.yaml")):
+CUSTOM_KINDS = {"ServiceMonitor"}  # the Prometheus operator's: not in the Kubernetes API schemas
+
+
+def documents(folder=MANIFESTS):
+    for path in sorted(folder.glob("*.yaml")):
         if path.name != "kustomization.yaml":
             for document in yaml.safe_load_all(path.read_text()):
                 yield path.name, document
 
 
-@pytest.mark.parametrize("name, document", list(documents()), ids=lambda value: value if isinstance(value, str)
-                         else value["kind"])
+@pytest.mark.parametrize("name, document", [*documents(), *documents(MANIFESTS / "examples")],
+                         ids=lambda value: value if isinstance(value, str) else value["kind"])
 def test_manifests_validate_against_the_kubernetes_schemas(name, document):
+    if document["kind"] in CUSTOM_KINDS:
+        pytest.skip("a custom resource: checked by test_the_servicemonitor_scrapes_the_metrics_port")
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_servicemonitor_scrapes_the_metrics_port():
+    [monitor] = [document for _, document in documents() if document["kind"] == "ServiceMonitor"]
+    [service] = [document for _, document in documents() if document["kind"] == "Service"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"].get("labels", {
+        "app.kubernetes.io/name": "fastfog"}).items()  # (kustomize labels the Service)
+    assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["metrics"]
+    assert "metrics" in [port["name"] for port in service["spec"]["ports"]]
+
+
+def test_the_network_policy_admits_clients_and_prometheus_only():
+    [policy] = [document for _, document in documents() if document["kind"] == "NetworkPolicy"]
+    ports = sorted(rule["ports"][0]["port"] for rule in policy["spec"]["ingress"])
+    assert ports == [4750, 9810] and policy["spec"]["policyTypes"] == ["Ingress"]
 
 
 def test_kustomization_lists_every_manifest():
