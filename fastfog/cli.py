@@ -29,14 +29,14 @@ def _spellings(flag):
 
 def add_config_flags(parser):
     """Every Smokescreen flag (and fastfog's --workers), each stored under its Config attribute."""
-    from fastfog.config import KEYS, listing
+    from fastfog.config import KEYS, is_listing
 
     parser.add_argument(*_spellings("--config-file"), dest="config_file", metavar="FILE",
                         help="YAML config file (flags given override it; list flags append)")
     for key in KEYS:
         if key.flag is None:
             continue
-        if key.parse is listing or getattr(key.parse, "item", None) is not None:
+        if is_listing(key.parse):
             parser.add_argument(*_spellings(key.flag), dest=key.name, action="append",
                                 metavar=key.flag_metavar, help=key.flag_help)
         elif key.flag_metavar is None:

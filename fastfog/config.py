@@ -40,6 +40,24 @@ _DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+_SCHEMAS: dict = {}  # parser -> the JSON Schema of what it accepts (see json_schema)
+_ITEMS: dict = {}  # a list's parser -> its items' parser (list flags parse their values one by one)
+
+
+def _described(parse, schema):
+    _SCHEMAS[parse] = schema
+    return parse
+
+
+def schema_of(parse):
+    return _SCHEMAS[parse]
+
+
+def is_listing(parse):
+    """Whether ``parse`` reads a list (its flag may be given several times)."""
+    return parse in _ITEMS
+
+
 def parse_duration(text):
     """A Go duration string → seconds (float). ``0`` is the one number allowed without a unit."""
     if not isinstance(text, str):
@@ -83,7 +101,7 @@ def duration(value):
     return seconds
 
 
-duration.schema = {"type": "string", "pattern": DURATION_PATTERN, "description": "a Go duration: 10s, 1m30s, 500ms"}
+_described(duration, {"type": "string", "pattern": DURATION_PATTERN, "description": "a Go duration: 10s, 1m30s, 500ms"})
 
 
 def boolean(value):
@@ -92,7 +110,7 @@ def boolean(value):
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-boolean.schema = {"type": "boolean"}
+_described(boolean, {"type": "boolean"})
 
 
 def integer(minimum=0, maximum=None):
@@ -105,8 +123,8 @@ def integer(minimum=0, maximum=None):
             upper = "" if maximum is None else f" and at most {maximum}"
             raise ValueError(f"{value} must be at least {minimum}{upper}")
         return value
-    parse.schema = {"type": "integer", "minimum": minimum, **({} if maximum is None else {"maximum": maximum})}
-    return parse
+    bounds = {"minimum": minimum, **({} if maximum is None else {"maximum": maximum})}
+    return _described(parse, {"type": "integer", **bounds})
 
 
 def number(value):
@@ -122,7 +140,7 @@ def number(value):
     return float(value)
 
 
-number.schema = {"type": "number", "minimum": 0}
+_described(number, {"type": "number", "minimum": 0})
 
 
 def string(value):
@@ -131,7 +149,7 @@ def string(value):
     return value
 
 
-string.schema = {"type": "string"}
+_described(string, {"type": "string"})
 
 
 def choice(*options):
@@ -139,8 +157,7 @@ def choice(*options):
         if value not in options:
             raise ValueError(f"{value!r} is not one of {', '.join(options)}")
         return value
-    parse.schema = {"enum": list(options)}
-    return parse
+    return _described(parse, {"enum": list(options)})
 
 
 def ip_address(value):
@@ -156,7 +173,7 @@ def ip_address(value):
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
-ip_address.schema = {"type": "string", "description": "an IP address (empty: every address)"}
+_described(ip_address, {"type": "string", "description": "an IP address (empty: every address)"})
 
 
 def host_port(value):
@@ -172,7 +189,7 @@ def host_port(value):
     return text
 
 
-host_port.schema = {"type": "string", "description": "host:port"}
+_described(host_port, {"type": "string", "description": "host:port"})
 
 
 def ip_port(value):
@@ -186,7 +203,7 @@ def ip_port(value):
     return text
 
 
-ip_port.schema = {"type": "string", "description": "IP:PORT ([v6]:PORT)"}
+_described(ip_port, {"type": "string", "description": "IP:PORT ([v6]:PORT)"})
 
 
 def cidr(value):
@@ -199,7 +216,7 @@ def cidr(value):
         raise ValueError(f"invalid CIDR address: {text}") from None
 
 
-cidr.schema = {"type": "string", "description": "a CIDR block"}
+_described(cidr, {"type": "string", "description": "a CIDR block"})
 
 
 def address_entry(value):
@@ -208,7 +225,7 @@ def address_entry(value):
     return text
 
 
-address_entry.schema = {"type": "string", "description": "IP or IP:PORT"}
+_described(address_entry, {"type": "string", "description": "IP or IP:PORT"})
 
 
 def file_mode(value):
@@ -219,7 +236,7 @@ def file_mode(value):
     return int(text, 8)
 
 
-file_mode.schema = {"type": ["string", "integer"], "description": "an octal file mode such as 700"}
+_described(file_mode, {"type": ["string", "integer"], "description": "an octal file mode such as 700"})
 
 
 def plugin_reference(value):
@@ -229,7 +246,7 @@ def plugin_reference(value):
     return text
 
 
-plugin_reference.schema = {"type": "string", "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_]\\w*$"}
+_described(plugin_reference, {"type": "string", "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_]\\w*$"})
 
 
 def listing(item):
@@ -240,8 +257,8 @@ def listing(item):
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {value!r}")
         return tuple(_at(index, item, entry) for index, entry in enumerate(value))
-    parse.item = item
-    parse.schema = {"type": "array", "items": item.schema}
+    _ITEMS[parse] = item
+    _described(parse, {"type": "array", "items": schema_of(item)})
     return parse
 
 
@@ -274,10 +291,9 @@ def block(schema, required=()):
             else:
                 parsed[key] = None
         return MappingProxyType(parsed)
-    parse.schema = {"type": "object", "additionalProperties": False,
-                    "properties": {key: parser.schema for key, parser in schema.items()},
-                    **({"required": list(required)} if required else {})}
-    return parse
+    return _described(parse, {"type": "object", "additionalProperties": False,
+                               "properties": {key: schema_of(parser) for key, parser in schema.items()},
+                               **({"required": list(required)} if required else {})})
 
 
 def mapping(value_parser):
@@ -291,8 +307,7 @@ def mapping(value_parser):
             except ValueError as err:
                 raise ValueError(f"{key}: {err}") from None
         return MappingProxyType(parsed)
-    parse.schema = {"type": "object", "additionalProperties": value_parser.schema}
-    return parse
+    return _described(parse, {"type": "object", "additionalProperties": schema_of(value_parser)})
 
 
 _LIMITS = {
@@ -456,7 +471,7 @@ KEYS_BY_YAML = {key.yaml_key: key for key in KEYS if key.yaml_key is not None}
 
 # Settings whose feature the proxy does not have yet: serve refuses them when they differ
 # from their default. Each piece of work that brings a feature removes its keys from here.
-NOT_YET_SUPPORTED = frozenset()
+NOT_YET_SUPPORTED: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -603,7 +618,7 @@ def apply_flags(values, flags):
         try:
             if isinstance(given, list):
                 merged[name] = tuple(merged.get(name, ())) + tuple(
-                    _at(index, key.parse.item, item) for index, item in enumerate(given))
+                    _at(index, _ITEMS[key.parse], item) for index, item in enumerate(given))
             else:
                 merged[name] = key.parse(given)
         except ValueError as err:
@@ -704,7 +719,7 @@ def json_schema():
     for key in KEYS:
         if key.yaml_key is None:
             continue
-        schema = dict(key.parse.schema)
+        schema = dict(schema_of(key.parse))
         if key.flag_help:
             schema.setdefault("description", key.flag_help)
         properties[key.yaml_key] = schema
@@ -712,7 +727,7 @@ def json_schema():
             "type": "object", "additionalProperties": False, "properties": properties}
 
 
-def load_config(path=None, flags=None):
+def load_config(path: str | None = None, flags: dict | None = None) -> Config:
     """The file (if any) and the flags (if any) → Config; ConfigError on any problem."""
     values = read_config_file(path) if path else {}
     values = apply_flags(values, flags or {})

@@ -457,7 +457,8 @@ class Opening:
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
         request, whose connection stays usable after a deny unless a body is still unread.
         ``reuse``: an idle pooled connection to the picked address may serve instead of a new one."""
-        self.proxy, self.conn, self.head, self.fields, self.connect, self.done = proxy, conn, head, fields, connect, done
+        self.proxy, self.conn, self.head, self.fields = proxy, conn, head, fields
+        self.connect, self.done = connect, done
         self.reuse = reuse
         self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
         self.decision = self.via = self.address = self.upstream = self.watch = self._timer = self.role = None

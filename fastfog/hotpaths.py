@@ -18,7 +18,7 @@ if NO_EXTENSIONS or platform.python_implementation() != "CPython":
     COMPILED = False
 else:
     try:
-        from fastfog import _core as _implementation
+        from fastfog import _core as _implementation  # type: ignore[no-redef]
     except ImportError as exc:
         raise ImportError(
             "fastfog's compiled core (fastfog._core) is not built or does not load: "

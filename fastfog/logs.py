@@ -1,10 +1,10 @@
 """Log records: Smokescreen's JSON lines (``level``, ``msg``, ``time`` and fields), or logfmt.
 
 JSON records are formatted by a compiled hot path (fastfog/hot/record.pxi),
-when emitted, and written once per event-loop iteration in one ``write``, so a burst of connections costs one system call, not one
-per record. Field names and record names (CANONICAL-PROXY-DECISION,
-CANONICAL-PROXY-CN-CLOSE) are Smokescreen's, so existing log pipelines keep
-working.
+when emitted, and written once per event-loop iteration in one ``write``, so a
+burst of connections costs one system call, not one per record. Field names
+and record names (CANONICAL-PROXY-DECISION, CANONICAL-PROXY-CN-CLOSE) are
+Smokescreen's, so existing log pipelines keep working.
 """
 
 import collections

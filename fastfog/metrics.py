@@ -277,7 +277,7 @@ def render_prometheus(snapshot):
         lines.append(f"# TYPE {exported} histogram")
         for labels, slots in series:
             cumulative = 0
-            for bound, count in zip(buckets, slots):
+            for bound, count in zip(buckets, slots, strict=False):  # slots: one more each for sum, count
                 cumulative += count
                 lines.append(f"{exported}_bucket{_labels(labels, (('le', _number(float(bound))),))} {cumulative}")
             lines.append(f"{exported}_bucket{_labels(labels, (('le', '+Inf'),))} {slots[-1]}")

@@ -126,14 +126,15 @@ class RequestView:
 
     __slots__ = ("client_address", "method", "target", "headers", "peer_certificate")
 
-    def __init__(self, client_address, method, target, headers, peer_certificate=None):
+    def __init__(self, client_address: tuple[str, int], method: str, target: str, headers: list[tuple[str, str]],
+                 peer_certificate: dict | None = None) -> None:
         self.client_address = client_address
         self.method = method
         self.target = target
         self.headers = headers
         self.peer_certificate = peer_certificate
 
-    def header(self, name):
+    def header(self, name: str) -> str | None:
         """The first header called ``name`` (any case), or None."""
         name = name.lower()
         return next((value for key, value in self.headers if key.lower() == name), None)

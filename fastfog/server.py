@@ -21,12 +21,14 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import uvloop
 
 from fastfog import logs, service, stats, unixhttp
 from fastfog.connection import peer_text
-from fastfog.control import answer_supervisor
+from fastfog.config import Config
+from fastfog.control import WorkerRole, answer_supervisor
 from fastfog.dns import Resolver
 from fastfog.keepalive import KeepAlive
 from fastfog.logs import Log
@@ -164,7 +166,9 @@ def own_addresses(listener):
     return sorted(found)
 
 
-async def serve(config, log, ready=None, stop=None, reload=None, worker=None):
+async def serve(config: Config, log: Log, ready: Callable[[tuple], None] | None = None,
+                stop: asyncio.Future | None = None, reload: Callable[[], Config] | None = None,
+                worker: WorkerRole | None = None) -> None:
     """Serve until a shutdown signal, or until the future ``stop`` is done (embedding, tests);
     ``ready(address)`` is called once listening. ``reload()`` returns a freshly loaded Config
     (raising ConfigError): SIGHUP and the admin socket's POST /reload call it. ``worker``: a
@@ -488,7 +492,7 @@ class ListenError(Exception):
     """A socket fastfog was told to serve on cannot be opened (in use, no permission, no such address)."""
 
 
-def run(config, reload=None, worker=None):
+def run(config: Config, reload: Callable[[], Config] | None = None, worker: WorkerRole | None = None) -> int:
     """Run the proxy on uvloop until it is told to stop; the process's exit code."""
     hold_signals()  # before the listener opens: see serve()
     # Workers share standard error: each write must be whole lines, small enough to be atomic.

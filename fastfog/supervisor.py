@@ -110,7 +110,7 @@ class Figures:
     async def render(self):
         replies = await asyncio.gather(*(worker.ask("metrics", self.SCRAPE_TIMEOUT) for worker in self.workers))
         snapshots, unreachable = [self.carried], 0
-        for worker, reply in zip(self.workers, replies):
+        for worker, reply in zip(self.workers, replies, strict=True):
             if reply["ok"]:
                 snapshot = reply["value"]
                 labels = (("worker", str(worker.index)),)
@@ -280,7 +280,7 @@ async def _start_services(config, workers, figures, started, log):
             return 200, {"started": logs.rfc3339(started), "uptime_seconds": round(time.time() - started, 3),
                          "workers": [{"index": worker.index, "pid": worker.process.pid, "starts": worker.starts,
                                       **(reply["value"] if reply["ok"] else {"error": reply["error"]})}
-                                     for worker, reply in zip(workers, replies)]}
+                                     for worker, reply in zip(workers, replies, strict=True)]}
 
         path = config.admin_socket
         try:

@@ -29,6 +29,7 @@ import errno
 import re
 import socket
 import ssl
+import sys
 
 from cryptography import x509
 
@@ -207,7 +208,7 @@ class TLSRelay(PythonRelay):
     anyway, so this relay copies with the sockets' own recv/send and never splices; otherwise it
     is the splice relay's machine (fastfog.reference.relay), with the same attributes."""
 
-    copy_limit = float("inf")
+    copy_limit = sys.maxsize  # never splice
 
 
 class OriginHandshake:

@@ -55,7 +55,8 @@ async def serve(path, mode, routes):
             if handler is None:
                 allowed = sorted(method for method, route in routes if route == target)
                 writer.write(_answer(405, {"error": f"use {' or '.join(allowed)}"}) if allowed
-                             else _answer(404, {"error": f"no such path; try {', '.join(sorted({r for _, r in routes}))}"}))
+                             else _answer(404, {"error": "no such path; try "
+                                                         + ", ".join(sorted({r for _, r in routes}))}))
                 return
             result = handler()
             if asyncio.iscoroutine(result):

@@ -15,7 +15,10 @@ PyYAML is the parser; what it lacks for an egress proxy's files is added here:
 
 import yaml
 
-_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+try:
+    from yaml import CSafeLoader as _Base
+except ImportError:  # PyYAML built without libyaml: the same checks, slower
+    from yaml import SafeLoader as _Base
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 

@@ -51,7 +51,8 @@ class Bench:
         self.ports = dict(PORTS)
         if not self.namespaced:
             for kind, port in PORTS.items():
-                self.ports[kind] = _free_port(LOOPBACK, port, socket.SOCK_DGRAM if kind == "dns" else socket.SOCK_STREAM)
+                kind_of_socket = socket.SOCK_DGRAM if kind == "dns" else socket.SOCK_STREAM
+                self.ports[kind] = _free_port(LOOPBACK, port, kind_of_socket)
         cpus = sorted(os.sched_getaffinity(0))
         self.proxy_cpus = cpus[:proxy_cpus] if len(cpus) > proxy_cpus else cpus
         self.load_cpus = cpus[len(self.proxy_cpus):] or cpus  # none left: they share
@@ -458,7 +459,7 @@ def report(results, targets, out=sys.stdout):
         rows.append([workload, UNITS[workload]] + cells)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for index, row in enumerate(rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
         if index == 0:
             print("  ".join("-" * width for width in widths), file=out)
 

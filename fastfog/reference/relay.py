@@ -187,7 +187,7 @@ def _grow_pipe(write_end):
         pass  # over /proc/sys/fs/pipe-max-size for this user: the default size works too
 
 
-_pollers = weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop
+_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop
 _last = (None, None)  # the loop last asked for and its poller, as one value (threads may race here)
 
 

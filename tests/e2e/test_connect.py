@@ -156,7 +156,8 @@ def test_connect_timeout(start_proxy, blackhole):
 def test_additional_error_message_on_deny(start_proxy):
     proxy = start_proxy("--additional-error-message-on-deny", "Ask #security for access.")
     answer = exchange(proxy.address, b"CONNECT 127.0.0.1:7 HTTP/1.1\r\n\r\n")
-    message = f"Egress proxying is denied to host '127.0.0.1:7': {address_deny('127.0.0.1', 'Deny: Not Global Unicast')}."
+    reason = address_deny("127.0.0.1", "Deny: Not Global Unicast")
+    message = f"Egress proxying is denied to host '127.0.0.1:7': {reason}."
     assert f"X-Smokescreen-Error: {message}  Ask #security for access.\r\n".encode() in answer
     assert answer.endswith(f"\r\n\r\n{message}\n\nAsk #security for access.\n\n".encode())
 

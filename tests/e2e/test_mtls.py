@@ -214,7 +214,7 @@ def inner_tls(outer, context, server_hostname):
                     outer.sendall(outgoing.read())
                 data = outer.recv(65536)
                 if not data:
-                    raise ConnectionError("outer connection closed")
+                    raise ConnectionError("outer connection closed") from None
                 incoming.write(data)
                 continue
             if outgoing.pending:

@@ -93,7 +93,8 @@ _SPECIAL = {b"host", b"content-length", b"transfer-encoding"}  # framing: h11 ch
 
 
 def _any_case(name, flips):
-    return bytes(c ^ 0x20 if flip and chr(c).isalpha() else c for c, flip in zip(name, flips + [False] * len(name)))
+    flips = flips + [False] * len(name)
+    return bytes(c ^ 0x20 if flip and chr(c).isalpha() else c for c, flip in zip(name, flips, strict=False))
 
 
 _names = st.builds(_any_case, st.sampled_from(_WELL_KNOWN) | st.from_regex(rb"\A[A-Za-z][A-Za-z0-9-]{0,12}\Z"),
