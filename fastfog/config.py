@@ -296,10 +296,10 @@ def block(schema, required=()):
                                **({"required": list(required)} if required else {})})
 
 
-def mapping(value_parser):
+def mapping(value_parser, keyed_by="role"):
     def parse(value):
         if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-            raise ValueError(f"expected a mapping keyed by role, got {value!r}")
+            raise ValueError(f"expected a mapping keyed by {keyed_by}, got {value!r}")
         parsed = {}
         for key, item in value.items():
             try:
@@ -346,6 +346,7 @@ _PROXY_AUTH = block({
     "password_env": string,
     "role": string,
     "users_file": string,
+    "user_roles": mapping(string, "user"),  # htpasswd users' roles (their lines carry none)
     "realm": string,
 })
 

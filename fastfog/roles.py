@@ -6,7 +6,10 @@ With ``proxy_auth`` configured, a client names itself with Basic credentials:
   variable gets the role ``role`` (``authed`` by default), as fly.io's
   deployment of Smokescreen does;
 - ``users_file``: one ``user:role:hash`` line per user, the hash made by
-  ``fastfog hash-password`` (scrypt, ``scrypt$N$r$p$salt$key`` in base64).
+  ``fastfog hash-password`` (scrypt, ``scrypt$N$r$p$salt$key`` in base64);
+  Apache ``htpasswd -B`` lines (``user:$2y$...``, bcrypt) are read too, so
+  existing password files can be reused: such a user's role is the one
+  ``user_roles`` maps it to, else ``role``.
 
 Passwords are compared in constant time. Checking a users-file password costs
 an scrypt run, so credentials that were verified once are remembered (by a
@@ -36,6 +39,13 @@ def hash_password(password, salt=None):
 
 
 def _check_hash(password, stored):
+    if stored.startswith(BCRYPT_PREFIXES):
+        import bcrypt
+
+        try:
+            return bcrypt.checkpw(password.encode(), stored.encode())
+        except ValueError:
+            return False
     _, n, r, p, salt, key = stored.split("$")
     expected = base64.b64decode(key)
     actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
@@ -43,8 +53,12 @@ def _check_hash(password, stored):
     return hmac.compare_digest(actual, expected)
 
 
+BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
+
+
 def read_users(path):
-    """``user:role:hash`` lines → {user: (role, hash)}; RoleError names the file and line."""
+    """``user:role:hash`` lines, or htpasswd's bcrypt ``user:hash`` lines → {user: (role or None,
+    hash)}; RoleError names the file and line."""
     users = {}
     try:
         with open(path, encoding="utf-8") as file:
@@ -56,9 +70,11 @@ def read_users(path):
         if not line or line.startswith("#"):
             continue
         parts = line.split(":", 2)
-        if len(parts) != 3 or not parts[0] or not parts[2].startswith("scrypt$") or parts[2].count("$") != 5:
+        if len(parts) == 2 and parts[0] and parts[1].startswith(BCRYPT_PREFIXES):  # htpasswd -B
+            parts = [parts[0], None, parts[1]]
+        elif len(parts) != 3 or not parts[0] or not parts[2].startswith("scrypt$") or parts[2].count("$") != 5:
             raise RoleError(f"{path}:{number}: expected user:role:scrypt$N$r$p$salt$key "
-                            "(made by fastfog hash-password)")
+                            "(made by fastfog hash-password) or an htpasswd bcrypt line, user:$2y$...")
         if parts[0] in users:
             raise RoleError(f"{path}:{number}: user {parts[0]!r} is listed twice")
         users[parts[0]] = (parts[1], parts[2])
@@ -91,7 +107,10 @@ class ProxyAuth:
             if not self._password:
                 raise RoleError(f"password_env: the environment variable {settings['password_env']} "
                                 "is not set or empty")
-        self._users = read_users(settings["users_file"]) if settings.get("users_file") else {}
+        roles = settings.get("user_roles") or {}
+        self._users = {user: (role if role is not None else roles.get(user, self.role), stored)
+                       for user, (role, stored) in (read_users(settings["users_file"]).items()
+                                                    if settings.get("users_file") else ())}
         if self._password is None and not self._users:
             raise RoleError("needs password_env or a users_file with at least one user")
         self._verified = {}

@@ -109,3 +109,28 @@ def test_missing_credentials_with_allow_missing_role_use_the_default_rule(start_
     sock, head, _ = connect(proxy.address, ECHO, headers=credentials("alice", "wrong"))
     sock.close()
     assert head.status == 407  # wrong credentials are never a missing role
+
+
+def test_htpasswd_bcrypt_lines_are_read_with_their_mapped_roles(start_proxy, echo, tmp_path):
+    """An existing Apache password file (htpasswd -B): its users keep their passwords; their
+    role comes from user_roles, else proxy_auth.role."""
+    import bcrypt
+
+    def htpasswd(password):
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode().replace("$2b$", "$2y$", 1)
+
+    users = tmp_path / "htpasswd"
+    users.write_text(f"carol:{htpasswd('carol-pw')}\ndave:{htpasswd('dave-pw')}\n"
+                     f"alice:webhooks-prod:{hash_password('alice-pw')}\n")
+    config = (f"proxy_auth: {{users_file: {users}, role: billing, user_roles: {{carol: webhooks-prod}}}}\n")
+    proxy = start_proxy(config=config, acl=ACL)
+    for user, password, target, status in [("carol", "carol-pw", "origin.test:7", 200),  # mapped role
+                                           ("dave", "dave-pw", "origin6.test:7", 200),  # proxy_auth.role
+                                           ("dave", "dave-pw", "origin.test:7", 407),
+                                           ("carol", "wrong", "origin.test:7", 407),
+                                           ("alice", "alice-pw", "origin.test:7", 200)]:
+        sock, head, _ = connect(proxy.address, target, headers=credentials(user, password))
+        sock.close()
+        assert head.status == status, (user, target)
+    roles = [record["role"] for record in proxy.records("CANONICAL-PROXY-DECISION", wait_for=5)]
+    assert roles[:3] == ["webhooks-prod", "billing", "billing"]
