@@ -15,8 +15,11 @@ MARKER = "FASTFOG_NETNS"
 
 # Connection-heavy runs close tens of thousands of connections a second: give them the
 # whole ephemeral port range and let connect() reuse TIME_WAIT tuples on the loopback.
+# The fixed ports that listeners of the benchmark and the tests bind are kept out of that range,
+# so that no client's ephemeral port ever takes one first.
 SYSCTLS = {
     "net.ipv4.ip_local_port_range": "1024 65535",
+    "net.ipv4.ip_local_reserved_ports": "4700-4799,5353,7000-7010,8080-8443,8125,9810",
     "net.ipv4.tcp_tw_reuse": "1",
 }
 
