@@ -377,7 +377,28 @@ def parse_acl(document, path="<acl>", disabled_actions=()):
         raise AclError(f"{path}: {err}") from None
 
 
-def _parse(document, path, disabled_actions):
+def acl_problems(document, path="<acl>", disabled_actions=()):
+    """Every problem of an ACL document, not only the first (for check-config): each rule and
+    list is checked on its own, each message naming the file and, for a rule, its service."""
+    problems = []
+    try:
+        _parse(document, path, disabled_actions, problems)
+    except AclError as err:
+        problems.append(str(err))
+    return [f"{path}: {problem}" for problem in problems]
+
+
+def _parse(document, path, disabled_actions, problems=None):
+    """``problems``: a list to gather the errors of each rule and list in, going on past them."""
+    def checked(step, owner=None):
+        try:
+            return step()
+        except AclError as err:
+            if problems is None:
+                raise
+            problems.append(f"service {owner!r}: {err}" if owner is not None else str(err))
+            return None
+
     for action in disabled_actions:
         if action not in ACTIONS:
             raise AclError(f"unknown action {action}")
@@ -398,22 +419,30 @@ def _parse(document, path, disabled_actions):
     rules = {}
     for index, raw in enumerate(services):
         where = f"services[{index}]"
-        name = _string(raw.get("name") if isinstance(raw, dict) else None, f"{where}.name")
-        rule = _rule(raw, where, name, name, disabled)
+        name = checked(lambda raw=raw, where=where: _string(raw.get("name") if isinstance(raw, dict) else None,
+                                                            f"{where}.name"))
+        if name is None:
+            continue
+        rule = checked(lambda raw=raw, where=where, name=name: _rule(raw, where, name, name, disabled), name)
         if name in rules:
-            raise AclError(f"rule already exists for service {name}")
-        rules[name] = rule
+            checked(lambda name=name: _raise(f"rule already exists for service {name}"))
+        elif rule is not None:
+            rules[name] = rule
     default = None
     warnings = []
     if document.get("default") is not None:
-        default = _rule(document["default"], "default", "default_rule", None, disabled)
+        default = checked(lambda: _rule(document["default"], "default", "default_rule", None, disabled), "default")
     else:
         warnings.append("no default rule set. any services without a rule will be denied.")
-    global_deny = [validate_glob("global_deny_list", glob)
-                   for glob in _strings(document.get("global_deny_list"), "global_deny_list")]
-    global_allow = [validate_glob("global_allow_list", glob)
-                    for glob in _strings(document.get("global_allow_list"), "global_allow_list")]
-    return Acl(path, rules, default, global_allow, global_deny, warnings)
+    lists = {}
+    for key in ("global_deny_list", "global_allow_list"):
+        lists[key] = checked(lambda key=key: [validate_glob(key, glob) for glob in _strings(document.get(key), key)]) \
+            or []
+    return Acl(path, rules, default, lists["global_allow_list"], lists["global_deny_list"], warnings)
+
+
+def _raise(message):
+    raise AclError(message)
 
 
 def load_acl(path, disabled_actions=()):

@@ -99,8 +99,8 @@ def build_parser():
 
 def check_config(path, out=sys.stdout, err=sys.stderr, acl=None):
     """Load and print a config (with ``acl`` as its ACL file, if given), or an ACL file alone."""
-    from fastfog.acl import AclError, parse_acl
-    from fastfog.config import ConfigError, load_config
+    from fastfog.acl import acl_problems, parse_acl
+    from fastfog.config import ConfigError, config_problems, load_config
     from fastfog.yamlfile import read_yaml
 
     if acl is None:
@@ -110,20 +110,23 @@ def check_config(path, out=sys.stdout, err=sys.stderr, acl=None):
             print(f"Failed to load config: {error}", file=err)
             return 1
         if isinstance(document, dict) and "version" in document:  # an ACL file, given alone
-            try:
-                loaded = parse_acl(document, path)
-            except AclError as error:
-                print(f"Failed to load ACL: {error}", file=err)
+            problems = acl_problems(document, path)
+            for problem in problems:
+                print(f"Failed to load ACL: {problem}", file=err)
+            if problems:
                 return 1
+            loaded = parse_acl(document, path)
             for warning in loaded.warnings:
                 print(f"warning: {path}: {warning}", file=err)
             yaml.safe_dump(loaded.summary(), out, sort_keys=False, default_flow_style=False)
             return 0
-    try:
-        config = load_config(path, {"acl_file": acl} if acl is not None else None)
-    except ConfigError as error:
-        print(f"Failed to load config: {error}", file=err)
+    flags = {"acl_file": acl} if acl is not None else None
+    problems = config_problems(path, flags)
+    if problems:  # every one, not only the first
+        for problem in problems:
+            print(f"Failed to load config: {problem}", file=err)
         return 1
+    config = load_config(path, flags)
     for warning in config.warnings():
         print(f"warning: {warning}", file=err)
     if config.acl is not None:

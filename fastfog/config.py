@@ -580,8 +580,9 @@ def _plain(value):
     return value
 
 
-def read_config_file(path):
-    """The YAML file → {key: parsed value} for the keys it sets; ConfigError names file and key."""
+def read_config_file(path, problems=None):
+    """The YAML file → {key: parsed value} for the keys it sets; ConfigError names file and key.
+    ``problems``: a list to gather every key's error in, going on past them (for check-config)."""
     document = read_yaml(path, ConfigError)
     if document is None:
         return {}
@@ -591,16 +592,57 @@ def read_config_file(path):
     for yaml_key, raw in document.items():
         key = KEYS_BY_YAML.get(yaml_key)
         where = f"{path}: {line_of(document, yaml_key)}{yaml_key}"
-        if key is None:
-            nearest = difflib.get_close_matches(str(yaml_key), list(KEYS_BY_YAML), n=1)
-            raise ConfigError(f"{where}: unknown key" + (f" (did you mean {nearest[0]!r}?)" if nearest else ""))
-        if raw is None:
-            continue
         try:
-            values[key.name] = key.parse(raw)
-        except ValueError as err:
-            raise ConfigError(f"{where}: {err}") from None
+            if key is None:
+                nearest = nearest_key(str(yaml_key))
+                raise ConfigError(f"{where}: unknown key" + (f" (did you mean {nearest!r}?)" if nearest else ""))
+            if raw is None:
+                continue
+            try:
+                values[key.name] = key.parse(raw)
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err}") from None
+        except ConfigError as err:
+            if problems is None:
+                raise
+            problems.append(str(err))
     return values
+
+
+def nearest_key(name):
+    """The config key meant by an unknown ``name``: the key of a flag spelled that way
+    (``listen_port`` for --listen-port is ``port``), else the closest key, else None."""
+    by_flag = {key.flag.lstrip("-").replace("-", "_"): key.yaml_key for key in KEYS
+               if key.flag is not None and key.yaml_key is not None}
+    if name in by_flag:
+        return by_flag[name]
+    nearest = difflib.get_close_matches(name, list(KEYS_BY_YAML), n=1)
+    return nearest[0] if nearest else None
+
+
+def config_problems(path, flags=None):
+    """Every problem of a config file and the ACL it names, not only the first: each key and
+    each ACL rule is checked on its own (check-config). An empty list: it loads."""
+    from fastfog.acl import acl_problems
+
+    problems = []
+    try:
+        values = apply_flags(read_config_file(path, problems), flags or {})
+    except ConfigError as err:
+        return [*problems, str(err)]
+    if values.get("acl_file"):
+        try:
+            document = read_yaml(values["acl_file"], AclError)
+        except AclError as err:
+            problems.append(str(err))
+        else:
+            problems += acl_problems(document, values["acl_file"], values.get("disabled_acl_policy_actions", ()))
+    if not problems:
+        try:
+            build_config(values, source=path)
+        except ConfigError as err:
+            problems.append(str(err))
+    return problems
 
 
 def apply_flags(values, flags):

@@ -348,5 +348,21 @@ def test_check_config_takes_an_acl_file_alone_or_beside_a_config(tmp_path):
     acl.write_text("version: v1\nservices:\n  - {name: hooks, action: enforce, alowed_domains: [a.example]}\n")
     broken = run_check_config(str(acl))
     assert broken.returncode == 1
-    assert broken.stderr == (f"Failed to load ACL: {acl}: line 3: services[0]: unknown key 'alowed_domains' "
-                             "(did you mean 'allowed_domains'?)\n")
+    assert broken.stderr == (f"Failed to load ACL: {acl}: service 'hooks': line 3: services[0]: unknown key "
+                             "'alowed_domains' (did you mean 'allowed_domains'?)\n")
+
+
+def test_check_config_reports_every_error_not_only_the_first(tmp_path):
+    acl = tmp_path / "acl.yaml"
+    acl.write_text("version: v1\nservices:\n  - {name: a, action: block}\n  - {name: b, action: open, "
+                   "allowed_domains: ['*']}\n  - {name: c, action: open}\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"listen_port: 1\nconnect_timeout: 10\nacl_file: {acl}\n")
+    result = run_check_config(str(config))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Failed to load config: {config}: line 1: listen_port: unknown key (did you mean 'port'?)",
+        f"Failed to load config: {config}: line 2: connect_timeout: expected a duration such as 10s or 1m30s, got 10",
+        f"Failed to load config: {acl}: service 'a': unknown action block",
+        f"Failed to load config: {acl}: service 'b': b: *: domain glob must not match everything",
+    ]
