@@ -88,6 +88,8 @@ HELP = {
     "fastfog.workers.unreachable": "Worker processes that did not answer the last scrape.",
 }
 _DENY_HELP = "Destination addresses denied: "
+VISIBLE_FROM_START = ("fastfog.accept.exhausted", "fastfog.log.dropped", "fastfog.dns.cache.hits",
+                      "fastfog.dns.cache.misses")
 
 
 def help_text(name):
@@ -133,6 +135,10 @@ class Metrics:
         self.max_roles = max_roles
         self._roles = {}  # metric name -> {raw role: label value}
         self._labels = {}  # (event, role, project, ...) -> its labels, made once (bounded)
+        # fastfog's own label-less counters are shown from the start, at 0 (alerts on them work
+        # before the first event); Smokescreen's appear once first counted, as in Smokescreen.
+        for name in VISIBLE_FROM_START:
+            self.counters[(name, ())] = 0
 
     def role(self, metric, raw):
         """The label value for ``raw`` in ``metric``: sanitised, and capped per metric."""

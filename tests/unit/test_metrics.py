@@ -40,7 +40,15 @@ def test_roles_per_metric_are_capped_with_an_overflow_value():
 def test_no_acl_no_acl_metric():
     counted = metrics.Metrics()
     counted.acl_decision(Decision(True, "Egress ACL is not configured"), "")
-    assert counted.counters == {}
+    assert not [name for name, _ in counted.counters if name.startswith("acl.")]
+
+
+def test_fastfogs_own_counters_are_visible_from_the_start_and_smokescreens_once_used():
+    counted = metrics.Metrics()
+    assert {name for name, _ in counted.counters} == set(metrics.VISIBLE_FROM_START)
+    assert set(counted.counters.values()) == {0}
+    assert "fastfog_log_dropped 0" in counted.prometheus_text()
+    assert "resolver_attempts_total" not in counted.prometheus_text()
 
 
 def test_prometheus_text():
