@@ -298,8 +298,7 @@ def render_prometheus(snapshot):
             family = families.setdefault(sample, (kind, text, []))
             family[2].append((labels, value))
     for sample, (kind, text, series) in sorted(families.items()):
-        family = sample[:-len("_total")] if kind == "counter" and sample.endswith("_total") else sample
-        lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}"]
+        lines += [f"# HELP {sample} {text}", f"# TYPE {sample} {kind}"]  # (as prometheus-client writes them)
         lines += [f"{sample}{_labels(labels)} {_number(value)}" for labels, value in series]
     lines += [f"# HELP fastfog_build_info {BUILD_INFO_HELP}", "# TYPE fastfog_build_info gauge",
               f"fastfog_build_info{_labels(build_labels())} 1"]
