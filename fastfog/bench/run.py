@@ -440,6 +440,13 @@ def _format(result, direct, others=()):
     return text
 
 
+DETAILED = frozenset({"connect", "http", "connect-tls", "connect-tls-resumed"})
+
+
+def _detail(value, digits):
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
 def report(results, targets, out=sys.stdout):
     """The table: one row per workload, one column per target, ratios to direct (and, in
     fastfog's column, to each other proxy)."""
@@ -457,6 +464,12 @@ def report(results, targets, out=sys.stdout):
             cells.append(_format(by_target[name], direct if name != "direct" else None,
                                  others if name == "fastfog" else ()))
         rows.append([workload, UNITS[workload]] + cells)
+        if workload in DETAILED:  # its latency and the proxy's CPU per operation, below it
+            for key, unit, digits in (("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2),
+                                      ("proxy_cpu_us_per_op", "proxy CPU us/op", 0)):
+                row = [_detail(by_target.get(name, {}).get(key), digits) for name in names]
+                if any(cell != "-" for cell in row):
+                    rows.append(["", unit] + row)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for index, row in enumerate(rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
