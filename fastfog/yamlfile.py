@@ -23,18 +23,23 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class Located(dict):
-    """A mapping from a YAML file that knows the line (1-based) of each of its keys."""
+    """A mapping from a YAML file that knows where (line, column; 1-based) each of its keys is."""
 
     __slots__ = ("lines", "start")
 
     def line(self, key):
         """The line of ``key``, or of the mapping itself when the key is not there."""
-        return self.lines.get(key, self.start)
+        return self.lines.get(key, self.start)[0]
+
+    def where(self, key):
+        """``line N, column M`` of ``key`` (of the mapping itself when the key is not there)."""
+        line, column = self.lines.get(key, self.start)
+        return f"line {line}, column {column}"
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key, line, first):
-        super().__init__(f"line {line}: {key}: duplicate key (first given on line {first})")
+    def __init__(self, key, where, first_line):
+        super().__init__(f"{where}: {key}: duplicate key (first given on line {first_line})")
 
 
 class StrictLoader(_Base):
@@ -44,7 +49,7 @@ class StrictLoader(_Base):
 def _construct_mapping(loader, node):
     mapping = Located()
     mapping.lines = {}
-    mapping.start = node.start_mark.line + 1
+    mapping.start = (node.start_mark.line + 1, node.start_mark.column + 1)
     yield mapping
     lines = mapping.lines
     for key_node, _ in node.value:  # explicit keys only: merged ones (<<) may be overridden
@@ -56,9 +61,10 @@ def _construct_mapping(loader, node):
         except TypeError:
             raise yaml.constructor.ConstructorError(
                 None, None, "found an unhashable key", key_node.start_mark) from None
+        mark = key_node.start_mark
         if first is not None:
-            raise DuplicateKey(key, key_node.start_mark.line + 1, first)
-        lines[key] = key_node.start_mark.line + 1
+            raise DuplicateKey(key, f"line {mark.line + 1}, column {mark.column + 1}", first[0])
+        lines[key] = (mark.line + 1, mark.column + 1)
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
         mapping[loader.construct_object(key_node, deep=True)] = loader.construct_object(value_node, deep=True)
@@ -87,7 +93,7 @@ def read_yaml(path, error):
 
 
 def line_of(mapping, key):
-    """``line N: `` for a key of a Located mapping (empty for a plain one, built in code)."""
+    """``line N, column M: `` for a key of a Located mapping (empty for a plain one, built in code)."""
     if isinstance(mapping, Located):
-        return f"line {mapping.line(key)}: "
+        return f"{mapping.where(key)}: "
     return ""

@@ -126,11 +126,11 @@ def test_a_duplicate_key_is_refused_at_reload_and_by_check_config(start_proxy, t
     proxy.process.send_signal(signal.SIGHUP)
     [failed] = proxy.records("configuration reload failed; still serving with the previous configuration",
                              wait_for=1)
-    assert failed["error"] == f"{acl}: line 6: action: duplicate key (first given on line 5)"
+    assert failed["error"] == f"{acl}: line 6, column 3: action: duplicate key (first given on line 5)"
     assert status_for(proxy, "origin6.test:7") == 407  # still enforced
     assert status_for(proxy, ECHO_ALLOWED) == 200
     config = tmp_path / "check.yaml"
     config.write_text(f"acl_file: {acl}\n")
     checked = subprocess.run([sys.executable, "-m", "fastfog", "check-config", str(config)],
                              capture_output=True, text=True, timeout=60)
-    assert checked.returncode == 1 and "line 6: action: duplicate key" in checked.stderr
+    assert checked.returncode == 1 and "line 6, column 3: action: duplicate key" in checked.stderr

@@ -233,22 +233,22 @@ def test_trailing_dots_accepted():
 
 @pytest.mark.parametrize("text, message", [
     ("version: v1\nextra_top_level: yes\nservices: []\n",
-     "line 2: top level: unknown key 'extra_top_level'"),
+     "line 2, column 1: top level: unknown key 'extra_top_level'"),
     ("version: v1\nservices:\n  - name: a\n    action: enforce\n    alowed_domains: [example.com]\n",
-     "line 5: services[0]: unknown key 'alowed_domains' (did you mean 'allowed_domains'?)"),
+     "line 5, column 5: services[0]: unknown key 'alowed_domains' (did you mean 'allowed_domains'?)"),
     ("version: v1\nservices: []\ndefault: {action: open, projet: p}\n",
-     "line 3: default: unknown key 'projet' (did you mean 'project'?)"),
+     "line 3, column 25: default: unknown key 'projet' (did you mean 'project'?)"),
     ("version: v1\nservices:\n  - name: a\n    action: open\n    allowed_domains: [a.com]\n"
      "    mitm_domains: [{domain: a.com, add_header: {X: y}}]\n",
-     "line 6: services[0].mitm_domains[0]: unknown key 'add_header' (did you mean 'add_headers'?)"),
+     "line 6, column 36: services[0].mitm_domains[0]: unknown key 'add_header' (did you mean 'add_headers'?)"),
     # A duplicate at any depth: the last one would otherwise win, here switching enforcement off.
     ("version: v1\nservices:\n  - name: a\n    action: enforce\n    allowed_domains: [a.com]\n"
      "    action: open\n",
-     "line 6: action: duplicate key (first given on line 4)"),
-    ("version: v1\nservices: []\nversion: v1\n", "line 3: version: duplicate key (first given on line 1)"),
+     "line 6, column 5: action: duplicate key (first given on line 4)"),
+    ("version: v1\nservices: []\nversion: v1\n", "line 3, column 1: version: duplicate key (first given on line 1)"),
     ("version: v1\nservices:\n  - name: a\n    action: open\n"
      "    mitm_domains: [{domain: a.com, domain: b.com}]\n",
-     "line 5: domain: duplicate key (first given on line 5)"),
+     "line 5, column 36: domain: duplicate key (first given on line 5)"),
 ])
 def test_unknown_and_duplicate_keys_are_errors_with_their_line(tmp_path, text, message):
     """Smokescreen ignores unknown keys and lets a duplicate win; a typo in an egress ACL must

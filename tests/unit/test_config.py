@@ -175,7 +175,7 @@ def test_errors_name_file_key_and_reason(tmp_path, text, message):
     text = str(caught.value)
     assert text.startswith(f"{path}: ")
     # A key's own error names its line too; cross-key and file-level ones do not.
-    assert re.sub(r"^line \d+: ", "", text[len(path) + 2:]).startswith(message)
+    assert re.sub(r"^line \d+, column \d+: ", "", text[len(path) + 2:]).startswith(message)
 
 
 def test_missing_file_and_acl_errors(tmp_path):
@@ -297,7 +297,7 @@ def test_check_config_failure(tmp_path):
     path = write(tmp_path, "port: 4751\nbogus_key: true\n")
     result = run_check_config(path)
     assert result.returncode == 1
-    assert result.stderr == f"Failed to load config: {path}: line 2: bogus_key: unknown key\n"
+    assert result.stderr == f"Failed to load config: {path}: line 2, column 1: bogus_key: unknown key\n"
     assert result.stdout == ""
 
 
@@ -348,7 +348,7 @@ def test_check_config_takes_an_acl_file_alone_or_beside_a_config(tmp_path):
     acl.write_text("version: v1\nservices:\n  - {name: hooks, action: enforce, alowed_domains: [a.example]}\n")
     broken = run_check_config(str(acl))
     assert broken.returncode == 1
-    assert broken.stderr == (f"Failed to load ACL: {acl}: service 'hooks': line 3: services[0]: unknown key "
+    assert broken.stderr == (f"Failed to load ACL: {acl}: service 'hooks': line 3, column 36: services[0]: unknown key "
                              "'alowed_domains' (did you mean 'allowed_domains'?)\n")
 
 
@@ -361,8 +361,9 @@ def test_check_config_reports_every_error_not_only_the_first(tmp_path):
     result = run_check_config(str(config))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"Failed to load config: {config}: line 1: listen_port: unknown key (did you mean 'port'?)",
-        f"Failed to load config: {config}: line 2: connect_timeout: expected a duration such as 10s or 1m30s, got 10",
+        f"Failed to load config: {config}: line 1, column 1: listen_port: unknown key (did you mean 'port'?)",
+        f"Failed to load config: {config}: line 2, column 1: connect_timeout: expected a duration such as 10s or 1m30s,"
+        " got 10",
         f"Failed to load config: {acl}: service 'a': unknown action block",
         f"Failed to load config: {acl}: service 'b': b: *: domain glob must not match everything",
     ]
