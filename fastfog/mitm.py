@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fastfog.tls import ClientTLSSocket
+from fastfog.tls import ClientTLSSocket, read_file
 
 LEAF_LIFETIME = datetime.timedelta(days=2)
 BACKDATE = datetime.timedelta(hours=1)
@@ -43,19 +43,12 @@ class MitmError(ValueError):
     """A MITM CA that cannot be used; the message names the key, the file and why."""
 
 
-def _read(path, key):
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as err:
-        raise MitmError(f"{key}: {path}: {err.strerror or err}") from None
-
-
 class MitmAuthority:
     """The MITM CA, and the server contexts of the hosts it has minted leaves for."""
 
     def __init__(self, cert_file, key_file):
-        cert_pem, key_pem = _read(cert_file, "mitm_ca_cert_file"), _read(key_file, "mitm_ca_key_file")
+        cert_pem = read_file(cert_file, "mitm_ca_cert_file", MitmError)
+        key_pem = read_file(key_file, "mitm_ca_key_file", MitmError)
         try:
             self.cert = x509.load_pem_x509_certificate(cert_pem)
         except ValueError as err:

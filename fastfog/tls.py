@@ -316,12 +316,18 @@ class Revocations:
         return False
 
 
-def _read(path, key):
+def read_file(path, where, error):
+    """The bytes of a certificate, key or CRL file; ``error("<where>: <path>: <reason>")`` if it
+    cannot be read."""
     try:
         with open(path, "rb") as file:
             return file.read()
     except OSError as err:
-        raise TLSConfigError(f"tls.{key}: {path}: {err.strerror or err}") from None
+        raise error(f"{where}: {path}: {err.strerror or err}") from None
+
+
+def _read(path, key):
+    return read_file(path, f"tls.{key}", TLSConfigError)
 
 
 def read_crls(paths):

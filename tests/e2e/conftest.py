@@ -71,8 +71,8 @@ class EchoOrigin(asyncio.Protocol):
         return True
 
 
-class SilentOrigin:
-    """Accepts and never reads: its socket buffers fill and the proxy must stop reading the client."""
+class ThreadedOrigin:
+    """A blocking listener whose accepting thread hands each connection to ``handle(conn)``."""
 
     def __init__(self, host, port):
         self.listener = socket.create_server((host, port))
@@ -86,8 +86,15 @@ class SilentOrigin:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.accepted.append(conn)
             self.connections += 1
+            self.handle(conn)
+
+    def handle(self, conn):
+        self.accepted.append(conn)
+
+
+class SilentOrigin(ThreadedOrigin):
+    """Accepts and never reads: its socket buffers fill and the proxy must stop reading the client."""
 
     def close(self):
         self.listener.close()

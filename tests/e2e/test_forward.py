@@ -13,6 +13,8 @@ from .client import eventually, exchange, read_head, read_until_closed
 import netns
 from fastfog.chunked import ChunkedBody
 
+from .conftest import ThreadedOrigin
+
 ORIGIN = netns.ORIGIN
 
 
@@ -348,25 +350,15 @@ def test_a_client_that_hangs_up_mid_response_is_not_retried(start_proxy, http_or
     assert [entry["method"] for entry in http_origin.requests] == ["GET", "DELETE"]
 
 
-class HangUpOnSecondRequest:
+class HangUpOnSecondRequest(ThreadedOrigin):
     """An origin that answers a connection's first request (kept alive), then closes the
     connection when its second request arrives, without a byte of answer: a pooled connection
     found dead when used."""
 
-    def __init__(self, host, port):
-        self.listener = socket.create_server((host, port))
-        self.connections = 0
-        self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+    requests = 0
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def handle(self, conn):
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
         with conn:

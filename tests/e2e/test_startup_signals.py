@@ -29,13 +29,27 @@ def first_accept(process, port, timeout=20):
     """Poll the port until a connection is accepted (as a reload tool right after a start would)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read())
         try:
             socket.create_connection((netns.PROXY, port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.001)
+    stop(process)
     raise AssertionError("the port never accepted a connection")
+
+
+def stop(process):
+    """SIGTERM and wait (a kill if it will not stop); its standard error."""
+    try:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return stderr
 
 
 def messages(stderr):
@@ -47,17 +61,12 @@ def test_sighup_the_instant_the_port_accepts_reloads(dns, tmp_path, flags, reloa
     for round_number in range(ROUNDS if not flags else 3):
         port = 4760 + round_number
         process = start(tmp_path, port, *flags)
-        try:
-            first_accept(process, port)
-            process.send_signal(signal.SIGHUP)
-            time.sleep(0.5 if not flags else 1.5)
-            assert process.poll() is None, f"round {round_number}: died of SIGHUP during start-up"
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        first_accept(process, port)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5 if not flags else 1.5)
+        alive = process.poll() is None
+        stderr = stop(process)
+        assert alive, f"round {round_number}: died of SIGHUP during start-up"
         assert process.returncode == 0, stderr
         assert messages(stderr).count("configuration reloaded") == reloads, stderr
 
@@ -77,20 +86,13 @@ def test_log_level_and_format_flags(dns, echo, tmp_path):
     """--log-level warn: an allowed tunnel's info record is not written, a deny's warning is;
     --log-format logfmt: lines of key=value; an unknown level is refused."""
     process = start(tmp_path, 4790, "--log-level", "warn", "--log-format", "logfmt")
-    try:
-        first_accept(process, 4790)
-        for target in (b"origin.test:7", b"private.test:7"):
-            with socket.create_connection((netns.PROXY, 4790), timeout=10) as sock:
-                sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
-                sock.recv(1000)
-        time.sleep(0.3)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    lines = stderr.splitlines()
+    first_accept(process, 4790)
+    for target in (b"origin.test:7", b"private.test:7"):
+        with socket.create_connection((netns.PROXY, 4790), timeout=10) as sock:
+            sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
+            sock.recv(1000)
+    time.sleep(0.3)
+    lines = stop(process).splitlines()
     assert all(line.startswith("time=") for line in lines), lines
     assert not any(" level=info " in line for line in lines)
     assert any("msg=CANONICAL-PROXY-DECISION" in line and "requested_host=private.test:7" in line for line in lines)
