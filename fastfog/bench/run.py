@@ -355,6 +355,7 @@ def measure(bench, workload, target, args):
     options = {"seconds": args.seconds, "concurrency": args.concurrency, "request_size": servers.REQUEST_SIZE,
                "reply_size": servers.REPLY_SIZE, "size": args.bulk_size, "origin": origin}
     cpu_before = proxy_cpu_seconds(target.pid) if target.pid else None
+    busy_start = cpu_times()  # (connect and http take their own reading, after the warm-up)
     result = {"workload": workload, "target": target.name, "unit": UNITS[workload]}
     if workload in TLS_WORKLOADS:
         address, process, options["pki"] = target.tls
@@ -402,6 +403,8 @@ def measure(bench, workload, target, args):
         tally = merge([by_name, by_ip])
         result.update(value=(by_name["done"] / max(by_ip["done"], 1)), by_name=by_name["done"] / args.seconds,
                       by_ip=by_ip["done"] / args.seconds)
+    if "bound_by" not in result:  # every workload says which side bound it
+        result.update(bound(bench, target, busy_start, cpu_times()))
     result["errors"] = tally["errors"]
     if not tally["done"] and not tally["errors"]:
         result["errors"] = {"nothing completed": 1}

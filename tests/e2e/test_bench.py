@@ -25,6 +25,7 @@ def test_a_short_run_of_every_workload(tmp_path):
                                                         ("connect-tls", "fastfog"), ("connect-tls-resumed", "fastfog")}
     assert set(seen) == expected
     assert all(row["errors"] == {} for row in data["results"])
+    assert all("bound_by" in row and "load_cpu_busy" in row for row in data["results"])  # every workload says
     for target in ("direct", "fastfog"):
         assert seen[("connect", target)]["value"] > 0 and seen[("http", target)]["value"] > 0
         assert seen[("bulk", target)]["value"] > 0 and seen[("bulk", target)]["down"] > 0
