@@ -67,8 +67,6 @@ def json_schema():
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fastfog egress ACL (v1)",
             "type": "object", "additionalProperties": False, "required": ["version", "services"],
             "properties": TOP_LEVEL_SCHEMA}
-PORT_NOT_ALLOWED = "port not allowed in rule"
-CODE_PORT = "acl_port"
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
 
 
@@ -114,7 +112,7 @@ ROLE_NOT_DETERMINED = Decision(False, reasons.ROLE_NOT_DETERMINED, code=reasons.
 DESTINATION_NOT_DETERMINED = Decision(False, reasons.DESTINATION_NOT_DETERMINED,
                                       code=reasons.CODE_DESTINATION_NOT_DETERMINED)
 NO_RULE = Decision(False, reasons.NO_RULE_MATCHED, "deny", enforce_would_deny=True, code=reasons.CODE_NO_RULE)
-AUTH_REQUIRED = Decision(False, "Proxy authentication required", code="auth_required")
+AUTH_REQUIRED = Decision(False, reasons.AUTH_REQUIRED, code=reasons.CODE_AUTH_REQUIRED)
 MISSING_PORT = Decision(False, reasons.MISSING_PORT, code=reasons.CODE_BAD_PORT)
 INVALID_PORT = Decision(False, reasons.INVALID_PORT, code=reasons.CODE_BAD_PORT)
 
@@ -162,7 +160,7 @@ class Rule:
         self.global_allow = decision(True, reasons.GLOBAL_ALLOW, "allow")
         self.proxy_denied = decision(False, reasons.EXTERNAL_PROXY_NOT_ALLOWED, "deny",
                                      reasons.CODE_EXTERNAL_PROXY)
-        self.port_denied = decision(False, PORT_NOT_ALLOWED, "deny", CODE_PORT)
+        self.port_denied = decision(False, reasons.PORT_NOT_ALLOWED, "deny", reasons.CODE_PORT)
         allow, reason, result = {
             "open": (True, reasons.OPEN_POLICY, "allow"),
             "report": (True, reasons.REPORT_POLICY, "report"),

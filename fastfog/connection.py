@@ -24,7 +24,7 @@ import time
 
 from cryptography import x509
 
-from fastfog import proxyproto, responses, sockio
+from fastfog import proxyproto, reasons, responses, sockio
 from fastfog.acl import (
     AUTH_REQUIRED,
     ROLE_NOT_DETERMINED,
@@ -38,7 +38,6 @@ from fastfog.dns import ResolveError
 from fastfog.forward import header_value
 from fastfog.hotpaths import EdgeWatch, HeadError, parse_request_head
 from fastfog.tls import subject_fields
-from fastfog.webhooks import REJECTED as REJECTED_BY_WEBHOOK
 
 READ_SIZE = 65536
 DIAL_ERRORS = {errno.ETIMEDOUT: "timeout", errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset",
@@ -616,8 +615,8 @@ class Opening:
             return
         if not accepted:
             allowed = self.decision
-            denial = Decision(False, REJECTED_BY_WEBHOOK, "deny", allowed.project, allowed.default_rule, True,
-                              allowed.rule, "access_rejected")
+            denial = Decision(False, reasons.REJECTED_BY_WEBHOOK, "deny", allowed.project, allowed.default_rule, True,
+                              allowed.rule, reasons.CODE_ACCESS_REJECTED)
             if error is not None:
                 self.fields["error"] = f"access-request: {error}"
             self._answer(proxy.rejection(self.head, self.fields, denial, self.lookup_ms, self.connect, self.close))

@@ -586,8 +586,8 @@ class Proxy:
         self.limits.release(upstream.role)
         upstream.close()
         allowed = upstream.decision
-        decision = Decision(False, f"origin TLS failed: {error}", "deny", allowed.project, allowed.default_rule,
-                            True, allowed.rule, "mitm_origin_tls")
+        decision = Decision(False, reasons.ORIGIN_TLS_FAILED + error, "deny", allowed.project,
+                            allowed.default_rule, True, allowed.rule, reasons.CODE_ORIGIN_TLS)
         message = f"Failed to connect to remote host: TLS to {view.authority}: {error}"
         conn.finish(self.failure(view, fields, decision, upstream.lookup_ms, 502, message, True))
 

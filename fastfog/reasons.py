@@ -29,6 +29,13 @@ MAX_PORT = 65535
 # A CONNECT whose rule asks for interception (mitm_domains) without a MITM CA configured.
 MITM_NOT_ENABLED = "ACLDecision specified MITM but Smokescreen doesn't have MITM enabled"
 
+# fastfog's own reasons: its port policy, Proxy-Authorization, the access-request webhook, and an
+# intercepted request whose origin's TLS failed.
+PORT_NOT_ALLOWED = "port not allowed in rule"
+AUTH_REQUIRED = "Proxy authentication required"
+REJECTED_BY_WEBHOOK = "rejected by access-request webhook"
+ORIGIN_TLS_FAILED = "origin TLS failed: "  # + what failed
+
 # X-Fastfog-Reason codes for ACL denials.
 CODE_ROLE_NOT_DETERMINED = "acl_role_unknown"
 CODE_DESTINATION_NOT_DETERMINED = "acl_destination_unknown"
@@ -37,6 +44,11 @@ CODE_EXTERNAL_PROXY = "acl_external_proxy"
 CODE_GLOBAL_DENY = "acl_global_deny"
 CODE_ENFORCE = "acl_enforce"
 CODE_BAD_PORT = "bad_port"
+CODE_PORT = "acl_port"
+CODE_AUTH_REQUIRED = "auth_required"
+CODE_ACCESS_REJECTED = "access_rejected"
+CODE_ORIGIN_TLS = "mitm_origin_tls"
+CODE_BAD_REQUEST = "bad_request"
 CODE_MITM_NOT_ENABLED = "mitm_not_enabled"
 
 

@@ -7,6 +7,8 @@ message as body and in ``X-Smokescreen-Error``; connection failures are 502
 ``X-Fastfog-Reason``, a short code for machines.
 """
 
+from fastfog import reasons
+
 CONNECT_ESTABLISHED = b"HTTP/1.0 200 OK\r\n\r\n"
 
 DENY_TEMPLATE = "Egress proxying is denied to host '{host}': {reason}."
@@ -81,7 +83,8 @@ def bad_request(reason):
     """400 for a request fastfog cannot parse; the connection is closed after it."""
     body = f"400 Bad Request: {reason}\n".encode("utf-8", "replace")
     return _head("1.1", 400, "Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
-                                              ("X-Fastfog-Reason", "bad_request"), ("Connection", "close")], body)
+                                              ("X-Fastfog-Reason", reasons.CODE_BAD_REQUEST),
+                                              ("Connection", "close")], body)
 
 
 def limited(version, refusal, close):
@@ -90,10 +93,10 @@ def limited(version, refusal, close):
                      headers=[("Retry-After", "1")])
 
 
-AUTH_REQUIRED_MESSAGE = "Proxy authentication required"
 
 
 def auth_required(version, realm, close):
     """407 asking for Basic credentials, so .NET and Java clients retry with them."""
-    return rejection(version, 407, "Proxy Authentication Required", AUTH_REQUIRED_MESSAGE, code="auth_required",
+    return rejection(version, 407, "Proxy Authentication Required", reasons.AUTH_REQUIRED,
+                     code=reasons.CODE_AUTH_REQUIRED,
                      close=close, headers=[("Proxy-Authenticate", f'Basic realm="{realm}"')])

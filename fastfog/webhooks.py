@@ -41,7 +41,6 @@ from fastfog.errors import HeadError
 from fastfog.hotpaths import parse_response_head
 
 ACTIONS = ("ping", "neighbor", "connection-start", "connection-stop", "connection-info")
-REJECTED = "rejected by access-request webhook"
 SENDERS = 4  # events in flight at once
 RETRIES = 3
 MAX_NEIGHBORS = 100_000
