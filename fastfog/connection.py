@@ -523,14 +523,12 @@ class Opening:
         try:
             addresses = proxy.resolver.cached(host.name)
         except ResolveError as err:
-            metrics.incr("fastfog.dns.cache.hits")
             self._resolve_failed(err)
             return
         if addresses is not None:
-            metrics.incr("fastfog.dns.cache.hits")
             self._resolved(addresses)
             return
-        metrics.incr("fastfog.dns.cache.misses")
+        metrics.incr("fastfog.dns.cache.misses")  # (the hits are the attempts less these: see metrics.py)
         proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
 
     @guarded

@@ -9,6 +9,7 @@ Smokescreen's, so existing log pipelines keep working.
 
 import collections
 import functools
+import itertools
 import json
 import os
 import select
@@ -131,6 +132,23 @@ class Log:
             for batch in self._batches(lines):
                 _write_all(self._fd, batch)
             return
+        cut = False
+        if not self._backlog and not self._atomic:  # the common case: one write takes them all
+            data = b"".join(lines)
+            try:
+                written = self._writer.write(data)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # a closed or broken log stream must never take the proxy down
+                return
+            if written == len(data):
+                return
+            while written >= len(lines[0]):
+                written -= len(lines.pop(0))
+            if written:  # a record partly out: the rest of it goes first, whatever the bound
+                self._backlog.append(lines.pop(0)[written:])
+                self._backlog_size += len(self._backlog[0])
+                cut = True
         for line in lines:
             if self._backlog_size + len(line) > self.max_backlog:
                 self.dropped += 1
@@ -139,7 +157,10 @@ class Log:
                 continue
             self._backlog.append(line)
             self._backlog_size += len(line)
-        self._drain()
+        if cut:
+            self._wait_for_room()
+        else:
+            self._drain()
 
     def _batches(self, lines):
         """``lines`` joined into writes: one, or whole lines of at most PIPE_BUF bytes each."""
@@ -156,25 +177,12 @@ class Log:
         if batch:
             yield b"".join(batch)
 
-    def _next_write(self):
-        """The backlog's first lines as one write: at most PIPE_BUF bytes of whole lines when
-        several processes share the stream (never interleaved, never cut), else up to 256."""
-        backlog = self._backlog
-        if not self._atomic:
-            return b"".join([backlog[index] for index in range(min(len(backlog), 256))])
-        count, size = 0, 0
-        for line in backlog:
-            if count and size + len(line) > select.PIPE_BUF:
-                break
-            count, size = count + 1, size + len(line)
-        return b"".join([backlog[index] for index in range(count)])
-
     def _drain(self):
         """Write the backlog until the descriptor has no room; then wait for room."""
         backlog, writer = self._backlog, self._writer
         while backlog:
-            try:
-                written = writer.write(self._next_write())
+            try:  # the backlog's first write: up to 256 lines (at most PIPE_BUF bytes when shared)
+                written = writer.write(next(self._batches(itertools.islice(backlog, 256))))
             except BlockingIOError:
                 self._wait_for_room()
                 return

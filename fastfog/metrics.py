@@ -88,8 +88,10 @@ HELP = {
     "fastfog.workers.unreachable": "Worker processes that did not answer the last scrape.",
 }
 _DENY_HELP = "Destination addresses denied: "
-VISIBLE_FROM_START = ("fastfog.accept.exhausted", "fastfog.log.dropped", "fastfog.dns.cache.hits",
-                      "fastfog.dns.cache.misses")
+VISIBLE_FROM_START = ("fastfog.accept.exhausted", "fastfog.log.dropped", "fastfog.dns.cache.misses")
+# Counters that follow from others, made when exported rather than counted per request: every
+# resolver attempt is a cache hit or a miss.
+DERIVED = {"fastfog.dns.cache.hits": ("resolver.attempts_total", "fastfog.dns.cache.misses")}
 
 
 def help_text(name):
@@ -217,8 +219,11 @@ class Metrics:
     def snapshot(self):
         """Plain data of everything counted (gauges read now), for merging across processes;
         ``process``: [(labels, process_figures())], this process's own."""
+        counters = dict(self.counters)
+        for name, (total, part) in DERIVED.items():
+            counters[(name, ())] = counters.get((total, ()), 0) - counters.get((part, ()), 0)
         return {
-            "counters": dict(self.counters),
+            "counters": counters,
             "histograms": {key: list(slots) for key, slots in self.histograms.items()},
             "gauges": {name: read() for name, read in self.gauges.items()},
             "process": [((), process_figures())],

@@ -459,27 +459,36 @@ class Proxy:
         if check.hello:
             fields["tls_sni"] = check.server_name or ""
         conn.buffer = bytearray(data)
-        if verdict is not None:
-            allowed = upstream.decision
-            enforce = self.config.sni_check == "enforce" and check.enforced(verdict)
-            upstream.decision = Decision(not enforce, verdict, "deny" if enforce else "report", allowed.project,
-                                         allowed.default_rule, True, allowed.rule, CODE_SNI if enforce else None)
-            if enforce:
-                self.log.warning(logs.DECISION, {**fields, **self.decision_fields(upstream.decision,
-                                                                                  upstream.lookup_ms),
-                                                 "conn_establish_time_ms": upstream.connect_ms})
-                self.metrics.incr("sni.deny")
-                upstream.sock.close()
-                conn.sock.close()
-                return
-            self.metrics.incr("sni.report")
+        if verdict is not None and self._sni_refused(fields, upstream, verdict, check.enforced(verdict)):
+            upstream.sock.close()
+            conn.sock.close()
+            return
         self._relay(conn, head, fields, upstream, started, None, None)
 
-    def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
+    def _sni_refused(self, fields, upstream, verdict, enforceable):
+        """Fold an SNI check's ``verdict`` into the tunnel's decision: under enforce (when the
+        verdict is ``enforceable``) a logged and counted deny, True; else reported, False."""
+        allowed = upstream.decision
+        enforce = self.config.sni_check == "enforce" and enforceable
+        upstream.decision = Decision(not enforce, verdict, "deny" if enforce else "report", allowed.project,
+                                     allowed.default_rule, True, allowed.rule, CODE_SNI if enforce else None)
+        if enforce:
+            self.log.warning(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
+                                             "conn_establish_time_ms": upstream.connect_ms})
+            self.metrics.incr("sni.deny")
+            return True
+        self.metrics.incr("sni.report")
+        return False
+
+    def _opened(self, fields, upstream, started):
+        """A tunnel is open (relayed or intercepted): its decision record and proxy_duration_ms."""
         if self.log.info_enabled:  # (the record is not even built below the log level)
             self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
                                           "conn_establish_time_ms": upstream.connect_ms})
         self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
+
+    def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
+        self._opened(fields, upstream, started)
         if self.webhooks is not None:
             self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
         tunnel = Tunnel(fields, started, fields["role"], upstream)
@@ -508,9 +517,6 @@ class Proxy:
     def _intercept(self, conn, head, fields, upstream, started):
         """An allowed CONNECT to a mitm domain, answered 200: TLS with the client on a leaf for the
         host, then its requests, each decided and forwarded on its own (_forward_intercepted)."""
-        self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
-                                      "conn_establish_time_ms": upstream.connect_ms})
-        self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
         upstream.close()  # each request inside dials its own, over TLS
         host = upstream.requested.name  # canonical: a leaf for an IP literal gets an IP address SAN
         try:
@@ -521,24 +527,20 @@ class Proxy:
             return
         interception = Interception(fields["role"], head.host, head.port, head.authority, upstream.decision.mitm,
                                     fields["id"])
-        is_address = upstream.requested.address is not None
         Handshake(self, conn.sock, conn.address, context,
-                  lambda sock: self._intercepted(sock, conn.address, host, is_address, fields, interception)).start()
+                  lambda sock: self._intercepted(sock, conn.address, fields, upstream, started, interception)).start()
 
-    def _intercepted(self, sock, address, host, is_address, fields, interception):
-        """The client's TLS is up: the SNI check (its ClientHello named the CONNECT host?), then
-        its requests."""
+    def _intercepted(self, sock, address, fields, upstream, started, interception):
+        """The client's TLS is up: the SNI check, as on a relayed tunnel (its ClientHello named the
+        CONNECT host?), the tunnel's decision record, then its requests."""
         if self.config.sni_check != "off":
-            named = getattr(sock, "server_name_received", None)
-            if not sni_matches(host, named, is_address):
+            named, requested = getattr(sock, "server_name_received", None), upstream.requested
+            if not sni_matches(requested.name, named, requested.address is not None):
                 fields["tls_sni"] = named or ""
-                if self.config.sni_check == "enforce":
-                    decision = Decision(False, reasons.SNI_MISMATCH, "deny", code=CODE_SNI)
-                    self.log.warning(logs.DECISION, {**fields, **self.decision_fields(decision, 0)})
-                    self.metrics.incr("sni.deny")
+                if self._sni_refused(fields, upstream, reasons.SNI_MISMATCH, True):
                     sock.close()
                     return
-                self.metrics.incr("sni.report")
+        self._opened(fields, upstream, started)
         ClientConnection(self, sock, address, None, interception).read_head()
 
     def _forward_intercepted(self, conn, head):

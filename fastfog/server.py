@@ -98,19 +98,20 @@ def _tune_listener(sock, keepalive=None):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
 
 
-def einhorn_listener(keepalive=None):
+def einhorn_listener():
     """Under Einhorn (its master our parent), the listener it opened for us: ``EINHORN_FD_0``."""
     fd, master = os.environ.get("EINHORN_FD_0"), os.environ.get("EINHORN_MASTER_PID")
     if fd is None or master is None or not master.isdigit() or int(master) != os.getppid():
         return None
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(False)
-    _tune_listener(sock, keepalive)
     return sock
 
 
-def _tuned(listener, keepalive):
-    """A listener passed down (socket activation), with the options fastfog's own have."""
+def passed_listener(keepalive):
+    """The listener a process manager passed down (Einhorn's, or systemd's socket activation),
+    with the options fastfog's own have; None when there is none."""
+    listener = einhorn_listener() or activated_listener()
     if listener is not None:
         _tune_listener(listener, keepalive)
     return listener
@@ -180,8 +181,7 @@ async def serve(config: Config, log: Log, ready: Callable[[tuple], None] | None 
         if worker is not None:
             listener = open_listener(config.ip, worker.port, reuse_port=True, keepalive=keepalive)
         else:
-            listener = (einhorn_listener(keepalive) or _tuned(activated_listener(), keepalive)
-                        or open_listener(config.ip, config.port, keepalive=keepalive))
+            listener = passed_listener(keepalive) or open_listener(config.ip, config.port, keepalive=keepalive)
     except OSError as err:
         raise ListenError(f"cannot listen on {config.ip or '*'}:{config.port}: {err.strerror or err}") from None
     address = listener.getsockname()

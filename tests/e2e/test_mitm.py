@@ -164,4 +164,5 @@ def test_sni_for_another_name_is_refused_under_enforce(start_proxy, tmp_path, ca
             get(tls, "/hello")
     record = [r for r in proxy.records("CANONICAL-PROXY-DECISION", wait_for=2) if not r["allow"]][0]
     assert record["decision_reason"] == "tls server name does not match CONNECT host"
+    assert (record["project"], record["tls_sni"]) == ("partners", "evil.test")  # as on a relayed tunnel
     assert https_origin.requests == []

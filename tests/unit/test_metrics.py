@@ -120,3 +120,13 @@ def test_statsd_sends_never_block_or_raise(address):
         sink.close()
         return sink.sent + sink.dropped
     assert uvloop.run(scenario()) == 3
+
+
+def test_dns_cache_hits_are_the_attempts_less_the_misses():
+    counted = metrics.Metrics()
+    assert counted.snapshot()["counters"][("fastfog.dns.cache.hits", ())] == 0
+    for _ in range(5):
+        counted.incr("resolver.attempts_total")
+    counted.incr("fastfog.dns.cache.misses")
+    assert counted.snapshot()["counters"][("fastfog.dns.cache.hits", ())] == 4
+    assert "fastfog_dns_cache_hits 4" in counted.prometheus_text()
