@@ -25,17 +25,10 @@ import time
 from cryptography import x509
 
 from fastfog import proxyproto, reasons, responses, sockio
-from fastfog.acl import (
-    AUTH_REQUIRED,
-    ROLE_NOT_DETERMINED,
-    Decision,
-    parse_upstream_proxy,
-    port_problem,
-)
-from fastfog.classify import canonical_host
+from fastfog.acl import AUTH_REQUIRED, Decision
+from fastfog.admission import BadRequest, Client, Refused, address_denial
 from fastfog.deadline import Deadline
 from fastfog.dns import ResolveError
-from fastfog.forward import header_value
 from fastfog.hotpaths import EdgeWatch, HeadError, parse_request_head
 from fastfog.tls import subject_fields
 
@@ -43,7 +36,6 @@ READ_SIZE = 65536
 DIAL_ERRORS = {errno.ETIMEDOUT: "timeout", errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset",
                errno.ECONNABORTED: "aborted"}  # the cn.atpt.connect.err types
 MAX_HEAD_SIZE = 65536
-UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
 
 
 def peer_text(address):
@@ -104,7 +96,7 @@ class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
     __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "deadline", "_timing", "_timeout",
-                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange", "mitm")
+                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange", "mitm", "client")
 
     def __init__(self, proxy, sock, address, peer_certificate=None, mitm=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
@@ -120,6 +112,9 @@ class ClientConnection:
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.peer_certificate = peer_certificate
         self.x509_fields = x509_fields(peer_certificate)
+        self.client = Client(address, self.tls, peer_certificate,
+                             self.x509_fields["inbound_remote_x509_cn"] if self.x509_fields else "",
+                             mitm.role if mitm is not None else None)  # what admission asks of it
         self.buffer = bytearray()
         self.deadline = Deadline(self.loop)  # the head's, then the exchange's phases (exchange.py)
         self._timing = False  # the wait for this head is timed already
@@ -450,7 +445,7 @@ class Opening:
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
                  "lookup_started", "lookup_ms", "address", "upstream", "watch", "dial_started", "_timer", "reuse",
-                 "role", "named", "requested")
+                 "role", "named", "requested", "body_close")
 
     def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
         """``connect``: a CONNECT request (its deny answers close the connection); otherwise a forwarded
@@ -459,60 +454,31 @@ class Opening:
         self.proxy, self.conn, self.head, self.fields = proxy, conn, head, fields
         self.connect, self.done = connect, done
         self.reuse = reuse
-        self.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
+        self.body_close = bool(head.content_length) or head.chunked or not head.keep_alive
+        self.close = connect or self.body_close
         self.decision = self.via = self.address = self.upstream = self.watch = self._timer = self.role = None
         self.lookup_ms = 0
         self.named = False  # a host name was looked up (not an IP literal)
 
     @guarded
     def start(self):
-        proxy, head, fields = self.proxy, self.head, self.fields
-        try:
-            self.requested = host = canonical_host(head.host)
-        except ValueError as err:
-            proxy.log.warning("bad request", {**fields, "error": str(err)})
-            self.done(None, responses.bad_request(str(err)), True)
+        proxy, fields = self.proxy, self.fields
+        verdict = proxy.admission.admit(self.conn.client, self.head, self.connect)
+        if isinstance(verdict, BadRequest):
+            self.done(None, proxy.records.bad_request(fields, verdict.message), True)
             return
-        upstream_proxy = header_value(head.headers, UPSTREAM_PROXY_HEADER) if self.connect else None
-        role, role_error = proxy.role(self.conn, head, fields)
-        fields["role"] = role
-        if role_error is AUTH_REQUIRED:
-            fields["project"] = ""
-            self.done(None, *proxy.auth_required(head, fields))
+        if isinstance(verdict, Refused):
+            self.role = verdict.role if verdict.decision is not None else None  # counted: release it
+            # Wrong credentials leave the connection open (a body permitting) for a retry with
+            # better ones; a bad X-Upstream-Https-Proxy closes it.
+            close = self.body_close if verdict.reason is AUTH_REQUIRED else self.close
+            answer = proxy.records.refused(self.head, fields, verdict, self.connect, close)
+            self._answer(answer, close or isinstance(verdict.reason, BadRequest))
             return
-        bad_port = port_problem(head.port)
-        if bad_port is not None:
-            fields["project"] = ""
-            self.done(None, proxy.rejection(head, fields, bad_port, 0, self.connect, self.close), self.close)
-            return
-        refusal = proxy.limits.admit(role, self.connect)
-        if refusal is not None:
-            fields["role"], fields["project"] = role, ""
-            proxy.metrics.incr(refusal.metric)
-            self.done(None, proxy.limited(head, fields, refusal, self.close), self.close)
-            return
-        self.role = role
-        self.decision = decision = proxy.decide(role, role_error, host, head.port, upstream_proxy, self.connect)
-        if role_error is ROLE_NOT_DETERMINED:
-            proxy.metrics.incr("acl.role_not_determined")
-        proxy.metrics.acl_decision(decision, role)
-        fields["role"] = role
-        fields["project"] = decision.project
-        if not decision.allow:
-            self._answer(proxy.rejection(head, fields, decision, 0, self.connect, self.close))
-            return
-        self.port = head.port
-        if upstream_proxy:
-            # Through another proxy: its address is resolved, classified and dialed; the
-            # requested host is that proxy's to resolve.
-            self.via = parse_upstream_proxy(upstream_proxy)
-            try:
-                host, self.port = canonical_host(self.via.host), self.via.port
-            except (AttributeError, ValueError):
-                proxy.log.warning("bad request", {**fields, "error": "invalid X-Upstream-Https-Proxy"})
-                self._release()
-                self.done(None, responses.bad_request("invalid X-Upstream-Https-Proxy"), True)
-                return
+        proxy.records.admitted(fields, verdict)
+        self.role, self.decision, self.requested = verdict.role, verdict.decision, verdict.requested
+        self.via, self.port = verdict.via, verdict.port
+        host = verdict.host
         self.lookup_started = time.monotonic()
         if host.address is not None:
             self._resolved((host.name,))
@@ -550,7 +516,8 @@ class Opening:
         if isinstance(error, ResolveError):
             self._resolve_failed(error)
         elif error is not None:
-            self._answer(self.proxy.failure(self.head, self.fields, self.decision, 0, 500, str(error), True))
+            self._answer(self.proxy.records.failed(self.head, self.fields, self.decision, 0, 500, str(error), True),
+                         True)
         else:
             self._resolved(task.result())
 
@@ -561,8 +528,8 @@ class Opening:
         status = 504 if err.timeout else 502
         message = (f"Timed out connecting to remote host: {err}" if err.timeout
                    else f"Failed to resolve remote hostname: {err}")
-        self._answer(self.proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, status, message,
-                                        self.close))
+        self._answer(self.proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, status, message,
+                                               self.close))
 
     def _resolved(self, addresses):  # called by start and _lookup_done, which contain errors
         proxy = self.proxy
@@ -576,8 +543,8 @@ class Opening:
         proxy.metrics.incr(pick.address_class.metric)
         if not pick.allowed:
             proxy.metrics.incr("resolver.errors_total")  # as Smokescreen: an address deny is a resolver error
-            self._answer(proxy.rejection(self.head, self.fields, proxy.address_denial(self.decision, pick),
-                                         self.lookup_ms, self.connect, self.close))
+            self._answer(proxy.records.denied(self.head, self.fields, address_denial(self.decision, pick),
+                                              self.lookup_ms, self.connect, self.close))
             return
         self.address = pick.address
         hooks = proxy.webhooks
@@ -617,7 +584,7 @@ class Opening:
                               allowed.rule, reasons.CODE_ACCESS_REJECTED)
             if error is not None:
                 self.fields["error"] = f"access-request: {error}"
-            self._answer(proxy.rejection(self.head, self.fields, denial, self.lookup_ms, self.connect, self.close))
+            self._answer(proxy.records.denied(self.head, self.fields, denial, self.lookup_ms, self.connect, self.close))
             return
         self._dial()
 
@@ -669,8 +636,8 @@ class Opening:
             cause = os.strerror(error).lower()
             target = peer_text((self.address, self.port))
             message = f"Failed to connect to remote host: dial tcp {target}: connect: {cause}"
-            self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 502, message,
-                                       self.close))
+            self._answer(proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, 502, message,
+                                              self.close))
             return
         if self.conn.closed:
             self._close_upstream()
@@ -693,7 +660,8 @@ class Opening:
         self._close_upstream()
         self._count_dial(errno.ETIMEDOUT)
         message = f"Timed out connecting to remote host: dial tcp {peer_text((self.address, self.port))}: i/o timeout"
-        self._answer(proxy.failure(self.head, self.fields, self.decision, self.lookup_ms, 504, message, self.close))
+        self._answer(proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, 504, message,
+                                          self.close))
 
     def _count_dial(self, error):
         metrics = self.proxy.metrics
@@ -709,9 +677,9 @@ class Opening:
             self.watch = None
         self.upstream.close()
 
-    def _answer(self, answer):
+    def _answer(self, answer, close=None):
         self._release()
-        self.done(None, answer, self.close)
+        self.done(None, answer, self.close if close is None else close)
 
     def _unexpected(self, err):
         if self.upstream is not None:
@@ -719,8 +687,8 @@ class Opening:
         message = f"{type(err).__name__}: {err}"
         decision = self.decision or Decision(False, "unexpected error")
         self._release()
-        self.done(None, self.proxy.failure(self.head, self.fields, decision, self.lookup_ms, 500, message, True),
-                  True)
+        self.done(None, self.proxy.records.failed(self.head, self.fields, decision, self.lookup_ms, 500, message,
+                                                  True), True)
 
     def _abandon(self):
         """Nobody is left to answer (the client went away, or shutdown cancelled a lookup): just close."""

@@ -22,9 +22,8 @@ had closed before answering is reported to ``stale`` so that the caller can
 send a body-less request again on a new one.
 """
 
-import time
 
-from fastfog import forward, logs, responses
+from fastfog import forward, responses
 from fastfog.connection import READ_SIZE, guarded
 from fastfog.errors import HeadError
 from fastfog.hotpaths import parse_response_head
@@ -158,14 +157,7 @@ class Exchange:
             proxy.pool.give(upstream.address, upstream.port, upstream.sock, upstream.watch, upstream.names)
         else:
             upstream.close()
-        fields["status_code"] = response.status
-        fields["content_length"] = -1 if response.content_length is None else response.content_length
-        if proxy.log.info_enabled:  # (the record is not even built below the log level)
-            proxy.log.info(logs.DECISION, {**fields, **proxy.decision_fields(upstream.decision, upstream.lookup_ms),
-                                           "conn_establish_time_ms": upstream.connect_ms})
-        proxy.metrics.observe("proxy_duration_ms", (time.time() - self.started) * 1000)
-        if proxy.webhooks is not None:
-            proxy.request_events(self.head, fields, upstream, self.started)
+        proxy.records.forwarded(self.head, fields, upstream, self.started, response.status, response.content_length)
         if self._keep_alive and not self.conn.closed:
             self.conn.next_request()
         else:
@@ -309,8 +301,8 @@ class Exchange:
                                  {**self.fields, "error": message})
             self.conn.close()
             return
-        self.conn.finish(self.proxy.failure(self.head, self.fields, upstream.decision, upstream.lookup_ms, status,
-                                            message, True))
+        self.conn.finish(self.proxy.records.failed(self.head, self.fields, upstream.decision, upstream.lookup_ms,
+                                                   status, message, True))
 
     def _bad_request(self, err):
         """The client's own body framing can never be valid."""

@@ -14,13 +14,9 @@ import ssl
 import time
 from urllib.parse import unquote
 
-from fastfog import logs, responses, sockio
+from fastfog import responses, sockio
 from fastfog.acl import (
-    AUTH_REQUIRED,
-    NOT_CONFIGURED,
-    ROLE_NOT_DETERMINED,
     Decision,
-    mitm_refused,
 )
 from fastfog.classify import AddressPolicy
 from fastfog.connection import (
@@ -32,16 +28,16 @@ from fastfog.connection import (
     peer_text,
 )
 from fastfog.exchange import Exchange
-from fastfog.forward import header_value
 from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head, poller_for
 from fastfog.keepalive import KeepAlive
 from fastfog.limits import Limits
+from fastfog.admission import Admission
 from fastfog.mitm import InterceptedHead, Interception, logged_headers, origin_context
 from fastfog.metrics import Metrics
 from fastfog.pool import UpstreamPool
+from fastfog.records import Records
 from fastfog import reasons
 from fastfog.reasons import CODE_SNI
-from fastfog.roles import RequestView
 from fastfog.snicheck import SniCheck, sni_matches
 from fastfog.tls import ClientTLSSocket, OriginHandshake, SocketTransport, TLSRelay
 
@@ -109,10 +105,6 @@ class _Deadline:
             self._task.uncancel()
 
 
-def body_length(answer):
-    return len(answer) - answer.index(b"\r\n\r\n") - 4
-
-
 class Tunnel:
     """An open CONNECT tunnel: its relay and what its close record reports."""
 
@@ -128,24 +120,6 @@ class Tunnel:
         self.role = role
 
 
-def _start_details(fields):
-    return {"role": fields["role"], "client": fields["inbound_remote_addr"], "host": fields["requested_host"],
-            "proxy_type": fields["proxy_type"]}
-
-
-def _info_details(fields, upstream, record):
-    """fastfog's own figures for a connection (webhook connection-info)."""
-    details = {"lookup_ms": upstream.lookup_ms if upstream is not None else None,
-               "connect_ms": upstream.connect_ms if upstream is not None else None,
-               "reused_upstream": upstream.reused if upstream is not None else False,
-               "access_response": fields.get("access_response"),
-               "intercepted_in": fields.get("mitm_connect_id")}  # the CONNECT's id, for an intercepted request
-    if record is not None:
-        details["last_activity"] = record["last_activity"]
-        details["active_at_termination"] = record.get("active_at_termination", False)
-    return details
-
-
 class Proxy:
     """Serves client connections for one worker: its config, resolver and log."""
 
@@ -153,8 +127,10 @@ class Proxy:
         self.resolver = resolver
         self.log = log
         self._listen_port, self._own_addresses = listen_port, own_addresses
+        self.limits = Limits(config)
+        self.metrics = Metrics()
+        self.records = Records(config, log, self.metrics)
         self._configure(config)
-        self.ids = logs.IdSource()
         self.tunnels = set()
         self.connections = set()  # client connections reading heads or opening an upstream
         self.handlers = set()  # coroutines started for connections (final answers, chaining)
@@ -165,14 +141,11 @@ class Proxy:
         self.keepalive = KeepAlive(config.tcp_keepalive)  # for upstream sockets (restart-only)
         self.pool = UpstreamPool(config.transport_max_idle_conns, config.transport_max_idle_conns_per_host,
                                  config.idle_timeout)
-        self.limits = Limits(config)
-        self.metrics = Metrics()
         self.metrics.gauge("requests.concurrent", lambda: self.limits.proxy.requests)
         self.metrics.gauge("fastfog.dns.cache.entries", lambda: resolver.cache_entries)
         self.metrics.gauge("fastfog.dns.cache.bytes", lambda: resolver.cache_bytes)
         self._upstream_proxy_tls = None  # made on first use: most deployments never chain
         self._origin_tls = None  # likewise, for intercepted requests (see origin_tls)
-        self.webhooks = None  # fastfog.webhooks.Webhooks when configured (set by the server)
         self.on_close = None  # called once a connection closes, when set (see server.Acceptor)
 
     def _configure(self, config):
@@ -184,6 +157,17 @@ class Proxy:
         self.policy = AddressPolicy(config.allow_ranges, config.deny_ranges, config.allow_addresses,
                                     config.deny_addresses, config.unsafe_allow_private_ranges, self._listen_port,
                                     self._own_addresses)
+        self.admission = Admission(config, self.limits, self.log)
+        self.records.config = config
+
+    @property
+    def webhooks(self):
+        """fastfog.webhooks.Webhooks when configured (set by the server), else None."""
+        return self.records.webhooks
+
+    @webhooks.setter
+    def webhooks(self, hooks):
+        self.records.webhooks = hooks
 
     def reconfigure(self, config):
         """A reload: new requests use ``config`` (validated by the caller); what is open goes on."""
@@ -278,141 +262,11 @@ class Proxy:
         except OSError:
             pass
 
-    # --- decisions and their answers ----------------------------------------------------------
-
-    def request_fields(self, conn, proxy_type, head, started=None):
-        fields = {
-            "id": self.ids.next(),
-            "inbound_remote_addr": conn.peer,
-            "proxy_type": proxy_type,
-            "requested_host": head.authority,
-            "start_time": logs.rfc3339(started or time.time()),
-            "trace_id": header_value(head.headers, TRACE_HEADER) or "",
-        }
-        if conn.x509_fields is not None:
-            fields.update(conn.x509_fields)
-        return fields
-
-    def role(self, conn, head, fields):
-        """(role, problem): the client's role, or the Decision that explains why it has none.
-
-        A role plugin decides alone when configured. With proxy_auth, the role comes from the
-        Proxy-Authorization credentials (AUTH_REQUIRED when they are wrong, or missing without
-        allow_missing_role). Otherwise, on the TLS listener, it is the client certificate's
-        Subject CN; without TLS there is none.
-        """
-        config = self.config
-        if conn.mitm is not None:  # inside an intercepted tunnel: the CONNECT's role, always
-            return conn.mitm.role, None
-        if config.role_plugin is not None:
-            return self._plugin_role(conn, head)
-        if config.auth is not None:
-            header = header_value(head.headers, b"proxy-authorization")
-            if header is None:
-                return ("", None) if config.allow_missing_role else ("", AUTH_REQUIRED)
-            role = config.auth.role_of(header)
-            return (role, None) if role is not None else ("", AUTH_REQUIRED)
-        if conn.tls:
-            if conn.peer_certificate is not None:
-                return fields["inbound_remote_x509_cn"], None
-            problem = "client did not provide certificate"
-        else:
-            problem = "defaultRoleFromRequest requires TLS"
-        if config.allow_missing_role:
-            return "", None
-        fields["error"] = problem
-        return "", ROLE_NOT_DETERMINED
-
-    def _plugin_role(self, conn, head):
-        """role_from_request: a str is the role; None is a missing role; raising denies."""
-        view = RequestView(conn.address, head.method, head.target,
-                           [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers],
-                           conn.peer_certificate)
-        try:
-            role = self.config.role_plugin(view)
-        except Exception as err:  # the plugin's own way of saying no
-            self.log.warning("role_from_request refused the request", {"error": f"{type(err).__name__}: {err}"})
-            return "", ROLE_NOT_DETERMINED
-        if role is None:
-            return ("", None) if self.config.allow_missing_role else ("", ROLE_NOT_DETERMINED)
-        if not isinstance(role, str):
-            self.log.error("role_from_request returned something other than a str or None",
-                           {"error": repr(role)[:200]})
-            return "", ROLE_NOT_DETERMINED
-        return role, None
-
-    def auth_required(self, head, fields):
-        """Log and answer missing or wrong credentials: 407 with Proxy-Authenticate. The connection
-        stays open (unless a body is unread) so the client can retry on it with credentials."""
-        version = head.version if head.version == "1.0" else "1.1"
-        close = bool(head.content_length) or head.chunked or not head.keep_alive
-        answer = responses.auth_required(version, self.config.auth.realm, close)
-        self.log.warning(logs.DECISION, {**fields, **self.decision_fields(AUTH_REQUIRED, 0), "status_code": 407,
-                                         "content_length": body_length(answer)})
-        return answer, close
-
-    def decide(self, role, role_error, host, port, upstream_proxy, connect):
-        acl = self.config.acl
-        if acl is None:
-            return NOT_CONFIGURED
-        if role_error is not None:
-            return role_error
-        decision = acl.decide(role, host.name, port, upstream_proxy)
-        if decision.mitm is not None and connect and self.mitm is None:  # interception asked for, no CA
-            return mitm_refused(decision)
-        return decision
-
-    @staticmethod
-    def address_denial(decision, pick):
-        return Decision(False, pick.deny_reason, "deny", decision.project, decision.default_rule, True,
-                        decision.rule, pick.address_class.code)
-
-    @staticmethod
-    def decision_fields(decision, lookup_ms):
-        return {
-            "decision_reason": decision.reason,
-            "allow": decision.allow,
-            "enforce_would_deny": decision.enforce_would_deny,
-            "dns_lookup_time_ms": lookup_ms,
-        }
-
-    def rejection(self, head, fields, decision, lookup_ms, connect, close):
-        """Log a deny and return its 407, with Smokescreen's text."""
-        version = head.version if head.version == "1.0" else "1.1"
-        phrase = "Request rejected by proxy" if connect else "Proxy Authentication Required"
-        answer = responses.deny(version, head.authority, decision.reason, self.config.deny_message_extra,
-                                decision.code, close=close, phrase=phrase)
-        self.log.warning(logs.DECISION, {**fields, **self.decision_fields(decision, lookup_ms),
-                                         "status_code": 407, "content_length": body_length(answer)})
-        return answer
-
-    def limited(self, head, fields, refusal, close):
-        """Log a request refused by a limit and return its 429 or 503."""
-        version = head.version if head.version == "1.0" else "1.1"
-        answer = responses.limited(version, refusal, close)
-        self.log.warning(logs.DECISION, {**fields, "decision_reason": refusal.message, "allow": False,
-                                         "enforce_would_deny": False, "dns_lookup_time_ms": 0,
-                                         "status_code": refusal.status, "content_length": body_length(answer)})
-        return answer
-
-    def failure(self, head, fields, decision, lookup_ms, status, message, close):
-        """Log a failure after an allowed decision (502, 504, 500) and return its answer."""
-        version = head.version if head.version == "1.0" else "1.1"
-        if status == 500:
-            answer = responses.internal_error(version, message, close=close)
-        else:
-            builder = responses.gateway_timeout if status == 504 else responses.bad_gateway
-            answer = builder(version, message, self.config.deny_message_extra, close=close)
-        self.log.error(logs.DECISION, {**fields, **self.decision_fields(decision, lookup_ms),
-                                       "status_code": status, "error": message,
-                                       "content_length": body_length(answer)})
-        return answer
-
     # --- CONNECT -------------------------------------------------------------------------
 
     def _connect(self, conn, head):
         started = time.time()  # one reading: the record's start_time and the tunnel's duration
-        fields = self.request_fields(conn, "connect", head, started)
+        fields = self.records.request_fields(conn, "connect", head, started)
 
         def opened(upstream, answer, close):
             if upstream is None:
@@ -473,24 +327,14 @@ class Proxy:
         upstream.decision = Decision(not enforce, verdict, "deny" if enforce else "report", allowed.project,
                                      allowed.default_rule, True, allowed.rule, CODE_SNI if enforce else None)
         if enforce:
-            self.log.warning(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
-                                             "conn_establish_time_ms": upstream.connect_ms})
-            self.metrics.incr("sni.deny")
+            self.records.sni_refused(fields, upstream)
             return True
         self.metrics.incr("sni.report")
         return False
 
-    def _opened(self, fields, upstream, started):
-        """A tunnel is open (relayed or intercepted): its decision record and proxy_duration_ms."""
-        if self.log.info_enabled:  # (the record is not even built below the log level)
-            self.log.info(logs.DECISION, {**fields, **self.decision_fields(upstream.decision, upstream.lookup_ms),
-                                          "conn_establish_time_ms": upstream.connect_ms})
-        self.metrics.observe("proxy_duration_ms", (time.time() - started) * 1000)
-
     def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
-        self._opened(fields, upstream, started)
-        if self.webhooks is not None:
-            self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
+        self.records.opened(fields, upstream, started)
+        self.records.started(fields)
         tunnel = Tunnel(fields, started, fields["role"], upstream)
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
@@ -540,7 +384,7 @@ class Proxy:
                 if self._sni_refused(fields, upstream, reasons.SNI_MISMATCH, True):
                     sock.close()
                     return
-        self._opened(fields, upstream, started)
+        self.records.opened(fields, upstream, started)
         ClientConnection(self, sock, address, None, interception).read_head()
 
     def _forward_intercepted(self, conn, head):
@@ -552,7 +396,7 @@ class Proxy:
             return
         started = time.time()
         view = InterceptedHead(head, interception)
-        fields = self.request_fields(conn, "http", view, started)
+        fields = self.records.request_fields(conn, "http", view, started)
         fields["mitm_connect_id"] = interception.connect_id
 
         def opened(upstream, answer, close):
@@ -578,8 +422,7 @@ class Proxy:
 
     def _origin_ready(self, conn, view, fields, upstream, started):
         self._count_intercepted("forwarded", fields["role"])
-        if self.webhooks is not None:
-            self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
+        self.records.started(fields)
         self._exchange(conn, view, fields, upstream, started)
 
     def _origin_failed(self, conn, view, fields, upstream, error):
@@ -591,7 +434,7 @@ class Proxy:
         decision = Decision(False, reasons.ORIGIN_TLS_FAILED + error, "deny", allowed.project,
                             allowed.default_rule, True, allowed.rule, reasons.CODE_ORIGIN_TLS)
         message = f"Failed to connect to remote host: TLS to {view.authority}: {error}"
-        conn.finish(self.failure(view, fields, decision, upstream.lookup_ms, 502, message, True))
+        conn.finish(self.records.failed(view, fields, decision, upstream.lookup_ms, 502, message, True))
 
     def origin_tls(self):
         """How intercepted requests reach their origins (mitm.origin_context), made on first use."""
@@ -661,8 +504,8 @@ class Proxy:
             transport.abort()
         else:
             upstream.sock.close()
-        await self.send_final(conn.sock, self.failure(head, fields, upstream.decision, upstream.lookup_ms, status,
-                                                      message, True))
+        await self.send_final(conn.sock, self.records.failed(head, fields, upstream.decision, upstream.lookup_ms,
+                                                              status, message, True))
         conn.sock.close()
 
     def _tunnel_closed(self, tunnel):
@@ -670,39 +513,7 @@ class Proxy:
         if self.on_close is not None:
             self.on_close()
         self.limits.tunnel_closed(tunnel.role)
-        relay = tunnel.relay
-        ended = time.time()
-        record = {
-            **{key: tunnel.fields[key] for key in ("id", "inbound_remote_addr", "proxy_type", "requested_host",
-                                                   "start_time", "trace_id", "role", "project",
-                                                   "outbound_local_addr", "outbound_remote_addr")},
-            "bytes_in": relay.bytes_in,
-            "bytes_out": relay.bytes_out,
-            "end_time": logs.rfc3339(ended),
-            "duration": ended - tunnel.started,
-            "last_activity": logs.rfc3339(ended - (time.monotonic() - relay.last_activity)),
-            "error": relay.error or "",
-        }
-        if tunnel.active_at_termination:
-            record["active_at_termination"] = True
-        if "tls_sni" in tunnel.fields:
-            record["tls_sni"] = tunnel.fields["tls_sni"]
-        self.log.info(logs.CONNECTION_CLOSE, record)
-        if self.webhooks is not None:
-            self._tunnel_events(tunnel, record)
-        self.metrics.connection_closed(tunnel.role, tunnel.fields["project"], record["duration"], relay.bytes_in,
-                                       relay.bytes_out, tunnel.active_at_termination)
-
-    def _tunnel_events(self, tunnel, record):
-        upstream, fields = tunnel.upstream, tunnel.fields
-        details = {**_start_details(fields), "project": fields["project"], "bytes_up": record["bytes_out"],
-                   "bytes_down": record["bytes_in"], "duration": record["duration"],
-                   "decision": upstream.decision.reason if upstream is not None else "",
-                   "destination": fields.get("outbound_remote_addr", ""), "error": record["error"]}
-        if "tls_sni" in fields:
-            details["tls_sni"] = fields["tls_sni"]
-        self.webhooks.emit("connection-stop", fields["id"], details)
-        self.webhooks.emit("connection-info", fields["id"], _info_details(fields, upstream, record))
+        self.records.tunnel_closed(tunnel)
 
     def close_tunnels(self, reason):
         """Force-close every open tunnel (end of graceful shutdown); each logs its close record."""
@@ -715,7 +526,7 @@ class Proxy:
     def _forward(self, conn, head):
         """An absolute-form request: decide and open an upstream, then the exchange (exchange.py)."""
         started = time.time()
-        fields = self.request_fields(conn, "http", head, started)
+        fields = self.records.request_fields(conn, "http", head, started)
         if head.scheme != "http":
             conn.finish(responses.rejection(head.version, 501, "Not Implemented",
                                             f"Forwarding {head.scheme} URLs is not supported; use CONNECT",
@@ -725,8 +536,7 @@ class Proxy:
             if upstream is None:
                 self._answer_unopened(conn, answer, close)
                 return
-            if self.webhooks is not None:
-                self.webhooks.emit("connection-start", fields["id"], _start_details(fields))
+            self.records.started(fields)
             self._exchange(conn, head, fields, upstream, started)
 
         Opening(self, conn, head, fields, False, opened, head.version != "1.0").start()
@@ -743,12 +553,3 @@ class Proxy:
 
         Exchange(self, conn, head, fields, upstream, started,
                  lambda: Opening(self, conn, head, fields, False, redialed).redial(upstream)).start()
-
-    def request_events(self, head, fields, upstream, started):
-        """The webhook events of a forwarded request."""
-        details = {**_start_details(fields), "project": fields["project"], "method": head.method,
-                   "host": head.authority, "status": fields.get("status_code"),
-                   "content_length": fields.get("content_length"), "duration": time.time() - started,
-                   "decision": upstream.decision.reason, "destination": fields.get("outbound_remote_addr", "")}
-        self.webhooks.emit("connection-stop", fields["id"], details)
-        self.webhooks.emit("connection-info", fields["id"], _info_details(fields, upstream, None))
