@@ -26,7 +26,7 @@ from cryptography import x509
 
 from fastfog import proxyproto, reasons, responses, sockio
 from fastfog.acl import AUTH_REQUIRED, Decision
-from fastfog.admission import BadRequest, Client, Refused, address_denial
+from fastfog.admission import Admitted, BadRequest, Client, address_denial
 from fastfog.deadline import Deadline
 from fastfog.dns import ResolveError
 from fastfog.hotpaths import EdgeWatch, HeadError, parse_request_head
@@ -52,8 +52,8 @@ class Upstream:
 
     def __init__(self, sock, watch, decision, lookup_ms, connect_ms, address, via, port, reused, role, requested,
                  names):
-        """``watch``: the socket's EdgeWatch for a forwarded request (None for a tunnel, whose relay
-        registers the socket its own way); ``requested``: the host the client asked for, canonical
+        """``watch``: the socket's EdgeWatch, when it has one (a tunnel's splice relay takes the
+        socket over from it; see ``unwatch`` for other hands); ``requested``: the host the client asked for, canonical
         (classify.Host); ``names``: the socket's local and remote addresses as the records write them."""
         self.sock, self.watch, self.decision, self.address, self.via = sock, watch, decision, address, via
         self.lookup_ms, self.connect_ms = lookup_ms, connect_ms
@@ -61,6 +61,13 @@ class Upstream:
         self.names = names
         self.add_headers = ()  # (name, value) pairs set on the request (an intercepted one's)
         self.poolable = True  # False for a TLS connection of fastfog's own (intercepted requests)
+
+    def unwatch(self):
+        """The socket goes to hands that do not use the proxy's poller (a TLS relay, a chained
+        proxy's transport, the SNI check): take it off."""
+        if self.watch is not None:
+            self.watch.remove()
+            self.watch = None
 
     def close(self):
         if self.watch is not None:
@@ -464,16 +471,8 @@ class Opening:
     def start(self):
         proxy, fields = self.proxy, self.fields
         verdict = proxy.admission.admit(self.conn.client, self.head, self.connect)
-        if isinstance(verdict, BadRequest):
-            self.done(None, proxy.records.bad_request(fields, verdict.message), True)
-            return
-        if isinstance(verdict, Refused):
-            self.role = verdict.role if verdict.decision is not None else None  # counted: release it
-            # Wrong credentials leave the connection open (a body permitting) for a retry with
-            # better ones; a bad X-Upstream-Https-Proxy closes it.
-            close = self.body_close if verdict.reason is AUTH_REQUIRED else self.close
-            answer = proxy.records.refused(self.head, fields, verdict, self.connect, close)
-            self._answer(answer, close or isinstance(verdict.reason, BadRequest))
+        if type(verdict) is not Admitted:
+            self._refused(verdict)
             return
         proxy.records.admitted(fields, verdict)
         self.role, self.decision, self.requested = verdict.role, verdict.decision, verdict.requested
@@ -496,6 +495,19 @@ class Opening:
             return
         metrics.incr("fastfog.dns.cache.misses")  # (the hits are the attempts less these: see metrics.py)
         proxy.spawn(proxy.resolver.resolve(host.name)).add_done_callback(self._lookup_done)
+
+    def _refused(self, verdict):
+        """Admission said no (a Refused or a BadRequest verdict): log it and answer."""
+        proxy, fields = self.proxy, self.fields
+        if type(verdict) is BadRequest:
+            self.done(None, proxy.records.bad_request(fields, verdict.message), True)
+            return
+        self.role = verdict.role if verdict.decision is not None else None  # counted: release it
+        # Wrong credentials leave the connection open (a body permitting) for a retry with
+        # better ones; a bad X-Upstream-Https-Proxy closes it.
+        close = self.body_close if verdict.reason is AUTH_REQUIRED else self.close
+        answer = proxy.records.refused(self.head, fields, verdict, self.connect, close)
+        self._answer(answer, close or isinstance(verdict.reason, BadRequest))
 
     @guarded
     def redial(self, stale):
@@ -547,7 +559,7 @@ class Opening:
                                               self.lookup_ms, self.connect, self.close))
             return
         self.address = pick.address
-        hooks = proxy.webhooks
+        hooks = proxy.records.webhooks
         if hooks is not None and self.via is None and hooks.wants_access_request(self.role):
             self._ask_access(hooks)
             return
@@ -611,6 +623,7 @@ class Opening:
             # The connect's end is one edge (writable, or an error) on the proxy's own epoll
             # set, where a forwarded request's socket then stays for as long as it is open.
             self.watch = EdgeWatch(proxy.poller, upstream.fileno())
+            self.watch.readable = False  # nothing can have arrived yet: wait for an edge that says so
             self.watch.wait_write(self._dialed)
         else:
             self._dial_ended(error)
@@ -621,9 +634,6 @@ class Opening:
             self._timer.cancel()
         # Only an edge that said error or hang-up can carry a failed connect: ask for it then.
         error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if self.watch.hung_up else 0
-        if self.connect:  # a tunnel's relay registers the socket its own way
-            self.watch.remove()
-            self.watch = None
         self._dial_ended(error)
 
     def _dial_ended(self, error, pooled_names=None):

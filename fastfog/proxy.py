@@ -19,6 +19,7 @@ from fastfog.acl import (
     Decision,
 )
 from fastfog.classify import AddressPolicy
+from fastfog.conntrack import Conntrack
 from fastfog.connection import (
     READ_SIZE,
     ClientConnection,
@@ -105,21 +106,6 @@ class _Deadline:
             self._task.uncancel()
 
 
-class Tunnel:
-    """An open CONNECT tunnel: its relay and what its close record reports."""
-
-    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "active_at_termination", "upstream")
-
-    def __init__(self, fields, started, role, upstream=None):
-        self.upstream = upstream  # the Upstream it was opened with (its decision, timings)
-        self.relay = None
-        self.active_at_termination = False
-        self.fields = fields
-        self.started = started
-        self.proxy_type = "connect"
-        self.role = role
-
-
 class Proxy:
     """Serves client connections for one worker: its config, resolver and log."""
 
@@ -131,7 +117,7 @@ class Proxy:
         self.metrics = Metrics()
         self.records = Records(config, log, self.metrics)
         self._configure(config)
-        self.tunnels = set()
+        self.conntrack = Conntrack(self.limits, self.records)
         self.connections = set()  # client connections reading heads or opening an upstream
         self.handlers = set()  # coroutines started for connections (final answers, chaining)
         self.exchanges = set()  # forwarded requests in flight (exchange.Exchange)
@@ -160,19 +146,11 @@ class Proxy:
         self.admission = Admission(config, self.limits, self.log)
         self.records.config = config
 
-    @property
-    def webhooks(self):
-        """fastfog.webhooks.Webhooks when configured (set by the server), else None."""
-        return self.records.webhooks
-
-    @webhooks.setter
-    def webhooks(self, hooks):
-        self.records.webhooks = hooks
 
     def reconfigure(self, config):
         """A reload: new requests use ``config`` (validated by the caller); what is open goes on."""
         self._configure(config)
-        self.limits.reconfigure(config, self.tunnels)
+        self.limits.reconfigure(config, self.conntrack)
 
     # --- accepting and dispatching ------------------------------------------------------------
 
@@ -186,8 +164,9 @@ class Proxy:
 
     def _accepted(self, sock, address):
         """A client socket ready for its TLS handshake (on the TLS listener) or its first request."""
-        if self.webhooks is not None:
-            self.webhooks.neighbor(address)
+        hooks = self.records.webhooks
+        if hooks is not None:
+            hooks.neighbor(address)
         if self.tls is not None:
             Handshake(self, sock, address).start()
         else:
@@ -273,6 +252,7 @@ class Proxy:
                 self._answer_unopened(conn, answer, close)
                 return
             if upstream.via is not None:
+                upstream.unwatch()
                 conn.detach()
                 self.spawn(self._chain(conn, head, fields, upstream, started))
                 return
@@ -280,7 +260,7 @@ class Proxy:
             try:
                 conn.sock.send(responses.CONNECT_ESTABLISHED)  # 19 bytes: a fresh socket always takes them
             except OSError:
-                upstream.sock.close()
+                upstream.close()
                 conn.close()
                 return
             conn.detach()
@@ -291,6 +271,7 @@ class Proxy:
                 self._relay(conn, head, fields, upstream, started, None, None)
                 return
             requested = upstream.requested
+            upstream.unwatch()
             SniCheck(self, conn.sock, conn.buffer, requested.name, requested.address is not None, head.port,
                      upstream.sock, lambda check, verdict, data: self._sni_checked(conn, head, fields, upstream,
                                                                                    started, check, verdict,
@@ -335,11 +316,10 @@ class Proxy:
     def _relay(self, conn, head, fields, upstream, started, proxy_transport, proxy_leftover):
         self.records.opened(fields, upstream, started)
         self.records.started(fields)
-        tunnel = Tunnel(fields, started, fields["role"], upstream)
-        self.tunnels.add(tunnel)
-        self.limits.tunnel_opened(tunnel.role)
+        tunnel = self.conntrack.opened(fields, started, upstream)
         first_bytes = bytes(conn.buffer)
         if conn.tls and proxy_transport is None:
+            upstream.unwatch()
             tunnel.relay = TLSRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
                                     first_bytes)
             tunnel.relay.start()
@@ -347,7 +327,8 @@ class Proxy:
         if proxy_transport is None:
             tunnel.relay = SpliceRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
                                        first_bytes)
-            tunnel.relay.start()
+            tunnel.relay.start(upstream.watch)
+            upstream.watch = None  # the relay's now
             return None
         # One leg is TLS: relay in user space, through the transports.
         tunnel.relay = BufferedRelay(self.loop, lambda relay: self._tunnel_closed(tunnel), first_bytes,
@@ -509,17 +490,9 @@ class Proxy:
         conn.sock.close()
 
     def _tunnel_closed(self, tunnel):
-        self.tunnels.discard(tunnel)
+        self.conntrack.closed(tunnel)
         if self.on_close is not None:
             self.on_close()
-        self.limits.tunnel_closed(tunnel.role)
-        self.records.tunnel_closed(tunnel)
-
-    def close_tunnels(self, reason):
-        """Force-close every open tunnel (end of graceful shutdown); each logs its close record."""
-        for tunnel in list(self.tunnels):
-            tunnel.active_at_termination = True
-            tunnel.relay.close(reason)
 
     # --- plain-HTTP forwarding -----------------------------------------------------------
 

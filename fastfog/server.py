@@ -214,7 +214,8 @@ async def serve(config: Config, log: Log, ready: Callable[[tuple], None] | None 
         loop.add_signal_handler(signal.SIGHUP, reloader.on_signal, "SIGHUP")
         release_signals()  # held since run() began: one that came meanwhile is handled now
     acceptor.start()
-    sweeper = loop.create_task(_close_idle_tunnels(proxy, config.idle_timeout)) if config.idle_timeout else None
+    conntrack = proxy.conntrack
+    sweeper = loop.create_task(conntrack.sweep(config.idle_timeout)) if config.idle_timeout else None
     stats_socket = None
     if config.stats_socket_dir:
         try:
@@ -223,7 +224,7 @@ async def serve(config: Config, log: Log, ready: Callable[[tuple], None] | None 
             raise ListenError(f"stats_socket_dir: {config.stats_socket_dir}: {err.strerror or err}") from None
     exporters = await _start_metrics(config, proxy, log, worker)
     if config.webhook is not None:
-        proxy.webhooks = Webhooks(config.webhook, log, proxy.metrics)
+        proxy.records.webhooks = Webhooks(config.webhook, log, proxy.metrics)
     admin_socket = supervisor = None
     if worker is not None:  # the supervisor serves the admin socket and asks us
         supervisor = loop.create_task(answer_supervisor(worker, {
@@ -257,7 +258,9 @@ async def serve(config: Config, log: Log, ready: Callable[[tuple], None] | None 
         listener.close()
         proxy.serving = False
         proxy.close_connections()
-        await _drain(proxy, config, log)
+        await conntrack.drain(proxy.exchanges, config, log)
+        proxy.abort_exchanges()
+        conntrack.close_all(None)
         if stats_socket is not None:
             stats.stop(*stats_socket)
         if admin_socket is not None:
@@ -266,9 +269,10 @@ async def serve(config: Config, log: Log, ready: Callable[[tuple], None] | None 
             exporter.close()
         proxy.pool.close()
         resolver.close()
-        if proxy.webhooks is not None:
-            await proxy.webhooks.drain(WEBHOOK_DRAIN_SECONDS)
-            proxy.webhooks.close()
+        hooks = proxy.records.webhooks
+        if hooks is not None:
+            await hooks.drain(WEBHOOK_DRAIN_SECONDS)
+            hooks.close()
         log.flush()
         log.attach(None)  # what the reader has not taken yet goes out now
 
@@ -307,21 +311,29 @@ class Acceptor:
             self.loop.remove_reader(self.fd)
 
     def ready(self):
+        if self._take():
+            # The connections just taken have dialed their upstreams, and a dial to a nearby
+            # host is often complete already: handle it now, not one loop turn later.
+            self.proxy.poller.dispatch()
+
+    def _take(self):
+        """Accept what is waiting (up to a batch); whether anything was."""
         accept, family, take = self.listener._accept, self.listener.family, self.proxy.accept
-        for _ in range(ACCEPT_BATCH):
+        for index in range(ACCEPT_BATCH):
             try:
                 fd, peer = accept()
             except BlockingIOError:
-                return
+                return index > 0
             except OSError as err:
                 if err.errno in self.EXHAUSTED:
                     self._exhausted(err)
                 else:  # the connection went away before it was taken, say: the next one
                     self.log.error("accept failed", {"error": str(err)})
-                return
+                return index > 0
             # The C socket type: socket.socket's Python-level __init__ and close cost more
             # than the rest of taking a connection.
             take(_socket.socket(family, socket.SOCK_STREAM, 0, fd), peer)
+        return True
 
     def _exhausted(self, err):
         self.refused += 1
@@ -373,34 +385,6 @@ def unexpected_error_reporter(log):
         log.error("unexpected error", {"error": f"{type(error).__name__}: {error}" if error is not None
                                        else context.get("message", "")})
     return report
-
-
-async def _close_idle_tunnels(proxy, idle_timeout):
-    """Close tunnels that moved no byte either way for idle_timeout (checked a few times per timeout)."""
-    period = min(1.0, idle_timeout / 4)
-    while True:
-        await asyncio.sleep(period)
-        now = time.monotonic()
-        for tunnel in [tunnel for tunnel in proxy.tunnels if now - tunnel.relay.last_activity >= idle_timeout]:
-            tunnel.relay.close("idle timeout")
-
-
-async def _drain(proxy, config, log):
-    """Wait for forwarded requests to finish and tunnels to close or go idle, at most exit_timeout,
-    then close the rest."""
-    started = time.monotonic()
-    idle_after = config.idle_timeout or config.exit_timeout
-    while proxy.tunnels or proxy.exchanges:
-        now = time.monotonic()
-        if now - started >= config.exit_timeout:
-            log.info("Timed out waiting for connections to become idle: closing all remaining connections.")
-            break
-        if not proxy.exchanges and all(now - tunnel.relay.last_activity >= idle_after for tunnel in proxy.tunnels):
-            log.info("All connections are idle: closing all remaining connections.")
-            break
-        await asyncio.sleep(min(0.1, config.exit_timeout - (now - started)))
-    proxy.abort_exchanges()
-    proxy.close_tunnels(None)
 
 
 class _StatsdGauges:
@@ -480,7 +464,7 @@ def _status(proxy, reloader, started):
         "uptime_seconds": round(time.time() - started, 3),
         "reloads": reloader.count,
         "last_reload": reloader.last,
-        "open_tunnels": len(proxy.tunnels),
+        "open_tunnels": len(proxy.conntrack),
         "open_connections": len(proxy.connections),
         "dns_cache": {"entries": proxy.resolver.cache_entries, "bytes": proxy.resolver.cache_bytes,
                       "max_bytes": proxy.resolver.max_bytes},

@@ -127,6 +127,9 @@ cdef class EdgePoller:
     cpdef forget(self, int fd):
         self.owners.pop(fd, None)
 
+    cpdef adopt(self, int fd, object owner):
+        self.owners[fd] = owner
+
     def dispatch(self):
         cdef int count = epoll_wait(self.epfd, self.events, POLLER_BATCH, 0)
         cdef int index, fd
@@ -446,12 +449,17 @@ cdef class SpliceRelay:
     def bytes_in(self):
         return self._inbound.moved
 
-    def start(self):
+    def start(self, EdgeWatch upstream_watch=None):
         """Begin relaying; first_bytes are sent to the upstream before the client is read."""
         self._poller = poller_for(self._loop)
         try:
             self._poller.add(self._client_fd, self)
-            self._poller.add(self._upstream_fd, self)
+            if upstream_watch is None:
+                self._poller.add(self._upstream_fd, self)
+            else:  # registered by its dial: taken over as it stands, no system call
+                self._inbound.src_ready = upstream_watch.readable
+                upstream_watch.cancel()
+                self._poller.adopt(self._upstream_fd, self)
         except OSError as err:
             self.abort(err.errno)
             return

@@ -60,15 +60,19 @@ class EdgePoller:
     ``add(fd, owner)`` calls ``owner.on_events(fd, mask)`` for each edge from then on (a
     socket still registered for an earlier owner changes hands, and its present state comes
     as a fresh edge); ``remove(fd)`` stops that for a socket that stays open (it goes to other hands), and
-    ``forget(fd)`` for one about to be closed (closing takes it out of the set). An error in
-    one owner is reported to the loop's exception handler; the others still get their edges.
+    ``forget(fd)`` for one about to be closed (closing takes it out of the set), and
+    ``adopt(fd, owner)`` gives a registered socket a new owner without re-arming it (the new
+    owner takes over what the old one knew). An error in one owner is reported to the loop's
+    exception handler; the others still get their edges. ``dispatch()`` handles the edges
+    there are now: the loop calls it when the set is readable, and a caller that has just
+    started something which may already be done (a loopback connect) may call it at once.
     """
 
     def __init__(self, loop):
         self._loop = weakref.ref(loop)  # the loop holds us (our reader); we must not hold it
         self._epoll = select.epoll()
         self._owners = {}
-        loop.add_reader(self._epoll.fileno(), self._dispatch)
+        loop.add_reader(self._epoll.fileno(), self.dispatch)
 
     @property
     def loop(self):
@@ -89,7 +93,10 @@ class EdgePoller:
     def forget(self, fd):
         self._owners.pop(fd, None)
 
-    def _dispatch(self):
+    def adopt(self, fd, owner):
+        self._owners[fd] = owner
+
+    def dispatch(self):
         for fd, mask in self._epoll.poll(0, POLLER_BATCH):
             owner = self._owners.get(fd)
             if owner is not None:
@@ -341,12 +348,21 @@ class SpliceRelay:
     def bytes_in(self):
         return self._inbound.moved
 
-    def start(self):
-        """Begin relaying; first_bytes are sent to the upstream before the client is read."""
+    def start(self, upstream_watch=None):
+        """Begin relaying; first_bytes are sent to the upstream before the client is read.
+
+        ``upstream_watch``: the EdgeWatch the upstream was dialed with, still registered: the
+        relay takes the socket over from it as it stands (what it knew of the socket's
+        readability included) instead of registering it again."""
         self._poller = poller_for(self._loop)
         try:
             self._poller.add(self._client_fd, self)
-            self._poller.add(self.upstream.fileno(), self)
+            if upstream_watch is None:
+                self._poller.add(self.upstream.fileno(), self)
+            else:
+                self._inbound.src_ready = upstream_watch.readable
+                upstream_watch.cancel()
+                self._poller.adopt(self.upstream.fileno(), self)
         except OSError as err:
             self._abort(err)
             return

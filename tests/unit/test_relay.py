@@ -75,6 +75,42 @@ def test_both_directions_counts_and_first_bytes(impl):
     run(scenario())
 
 
+@pytest.mark.parametrize("origin_spoke_first", [False, True])
+def test_the_relay_takes_a_dialed_socket_over_from_its_watch(impl, origin_spoke_first):
+    """The upstream stays registered from its dial on: what its watch knew (an edge that
+    brought bytes nobody has read yet) carries over, so the relay neither registers the socket
+    again nor misses those bytes."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tunnel = Tunnel(impl, loop)
+        upstream_fd = tunnel.relay.upstream.fileno()
+        watch = impl.EdgeWatch(impl.poller_for(loop), upstream_fd)
+        watch.readable = False  # as a dial makes it: nothing can have arrived yet
+        dialed = loop.create_future()
+        watch.wait_write(lambda: dialed.set_result(None))
+        await dialed
+        if origin_spoke_first:
+            tunnel.origin.sendall(b"banner")
+            for _ in range(200):  # the edge reaches the watch before the relay starts
+                if watch.readable:
+                    break
+                await asyncio.sleep(0.005)
+            assert watch.readable
+        tunnel.relay.start(watch)
+        if origin_spoke_first:
+            assert await loop.sock_recv(tunnel.client, 100) == b"banner"
+        await loop.sock_sendall(tunnel.client, b"ping")
+        assert await loop.sock_recv(tunnel.origin, 100) == b"ping"
+        await loop.sock_sendall(tunnel.origin, b"pong")
+        assert await loop.sock_recv(tunnel.client, 100) == b"pong"
+        tunnel.client.shutdown(socket.SHUT_WR)
+        tunnel.origin.shutdown(socket.SHUT_WR)
+        relay = await tunnel.closed
+        assert (relay.bytes_in, relay.error) == (10 if origin_spoke_first else 4, None)
+        tunnel.close()
+    run(scenario())
+
+
 def open_pipes():
     count = 0
     for fd in os.listdir("/proc/self/fd"):

@@ -1,0 +1,106 @@
+"""Conntrack: the open tunnels of one worker, from the moment they are relayed to their close.
+
+It keeps the set of open tunnels and, for each, what its close record will
+report; it closes a tunnel's accounting once its relay is done (the tunnel
+limit's count, the close record and metrics via records.py); it sweeps idle
+tunnels (``idle_timeout``), drains them at shutdown (``exit_timeout``) and
+lists them for the stats socket (stats.py), as Smokescreen's package of the
+same name does.
+"""
+
+import asyncio
+import time
+
+from fastfog import logs
+
+
+class Tunnel:
+    """An open CONNECT tunnel: its relay and what its close record reports."""
+
+    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "active_at_termination", "upstream")
+
+    def __init__(self, fields, started, role, upstream=None):
+        self.upstream = upstream  # the Upstream it was opened with (its decision, timings)
+        self.relay = None
+        self.active_at_termination = False
+        self.fields = fields
+        self.started = started
+        self.proxy_type = "connect"
+        self.role = role
+
+
+class Conntrack:
+    """The open tunnels; ``on_close()`` is called each time one closes, when set."""
+
+    def __init__(self, limits, records):
+        self.limits, self.records = limits, records
+        self.tunnels = set()
+        self.on_close = None
+
+    def __len__(self):
+        return len(self.tunnels)
+
+    def __iter__(self):
+        return iter(list(self.tunnels))
+
+    def opened(self, fields, started, upstream):
+        """A tunnel begins (its relay is the caller's to set): counted against the tunnel limit."""
+        tunnel = Tunnel(fields, started, fields["role"], upstream)
+        self.tunnels.add(tunnel)
+        self.limits.tunnel_opened(tunnel.role)
+        return tunnel
+
+    def closed(self, tunnel):
+        """Its relay is done: its count, its close record and metrics."""
+        self.tunnels.discard(tunnel)
+        if self.on_close is not None:
+            self.on_close()
+        self.limits.tunnel_closed(tunnel.role)
+        self.records.tunnel_closed(tunnel)
+
+    def close_all(self, reason):
+        """Force-close every open tunnel (the end of a graceful shutdown); each logs its close record."""
+        for tunnel in list(self.tunnels):
+            tunnel.active_at_termination = True
+            tunnel.relay.close(reason)
+
+    def idle(self, now, seconds):
+        """The tunnels that moved no byte either way for ``seconds`` until ``now`` (monotonic)."""
+        return [tunnel for tunnel in self.tunnels if now - tunnel.relay.last_activity >= seconds]
+
+    async def sweep(self, idle_timeout):
+        """Close tunnels idle for idle_timeout (checked a few times per timeout), until cancelled."""
+        period = min(1.0, idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            for tunnel in self.idle(time.monotonic(), idle_timeout):
+                tunnel.relay.close("idle timeout")
+
+    async def drain(self, exchanges, config, log):
+        """Wait for ``exchanges`` (forwarded requests) to finish and tunnels to close or go idle,
+        at most exit_timeout; the caller closes what is left."""
+        started = time.monotonic()
+        idle_after = config.idle_timeout or config.exit_timeout
+        while self.tunnels or exchanges:
+            now = time.monotonic()
+            if now - started >= config.exit_timeout:
+                log.info("Timed out waiting for connections to become idle: closing all remaining connections.")
+                return
+            if not exchanges and len(self.idle(now, idle_after)) == len(self.tunnels):
+                log.info("All connections are idle: closing all remaining connections.")
+                return
+            await asyncio.sleep(min(0.1, config.exit_timeout - (now - started)))
+
+    def snapshot(self):
+        """The open tunnels, as the stats socket reports them (Smokescreen's shape)."""
+        now = time.monotonic()
+        return [{
+            "role": tunnel.role,
+            "rhost": tunnel.fields["requested_host"],
+            "raddr": tunnel.fields.get("outbound_remote_addr", ""),
+            "created": logs.rfc3339(tunnel.started),
+            "bytesIn": tunnel.relay.bytes_in,
+            "bytesOut": tunnel.relay.bytes_out,
+            "secondsSinceLastActivity": round(now - tunnel.relay.last_activity, 3),
+            "proxyType": tunnel.proxy_type,
+        } for tunnel in list(self.tunnels)]
