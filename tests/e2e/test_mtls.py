@@ -107,6 +107,27 @@ def test_roles_come_from_the_certificate_cn_and_pick_the_policy(mtls_proxy, pki,
     assert sorted(record["bytes_in"] for record in closes) == [4, 4, 4]
 
 
+def test_a_client_resumes_its_session_and_keeps_its_role(mtls_proxy, pki, echo):
+    """A session resumes (from a ticket): the second handshake is abbreviated, and the resumed
+    connection still has the certificate's role."""
+    proxy = mtls_proxy()
+    context = client_context(pki, "enforce")
+    sessions, reused = [], []
+    for target in ("origin.test:7", "blocked.test:7"):
+        raw = socket.create_connection(proxy.address, timeout=10)
+        with context.wrap_socket(raw, server_hostname="proxy.test",
+                                 session=sessions[-1] if sessions else None) as sock:
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            head, _ = read_head(sock)  # (TLS 1.3 sends the session after the handshake)
+            sessions.append(sock.session)
+            reused.append(sock.session_reused)
+            assert head.status == (200 if target == "origin.test:7" else 407)
+    assert reused == [False, True]
+    decisions = proxy.records("CANONICAL-PROXY-DECISION", wait_for=2)
+    assert [(r["role"], r["allow"], r["inbound_remote_x509_cn"]) for r in decisions] == [
+        ("enforce-client", True, "enforce-client"), ("enforce-client", False, "enforce-client")]
+
+
 def test_a_revoked_certificate_is_rejected_and_others_go_on(mtls_proxy, pki, echo):
     proxy = mtls_proxy()
     with tls_connect(proxy, pki, "revoked") as sock:
