@@ -14,28 +14,56 @@ import time
 from fastfog import logs
 
 
+# The request fields a tunnel's close record repeats from its decision record, in its order.
+CLOSE_FIELDS = ("id", "inbound_remote_addr", "proxy_type", "requested_host", "start_time", "trace_id", "role",
+                "project", "outbound_local_addr", "outbound_remote_addr")
+_REQUESTED_HOST, _PROJECT, _REMOTE = (CLOSE_FIELDS.index(name) for name in
+                                      ("requested_host", "project", "outbound_remote_addr"))
+
+
 class Tunnel:
-    """An open CONNECT tunnel: its relay and what its close record reports."""
+    """An open CONNECT tunnel: its relay and what its close record reports.
 
-    __slots__ = ("relay", "fields", "started", "proxy_type", "role", "active_at_termination", "upstream")
+    Kept small, since a proxy holds many idle tunnels: of its request's fields only the close
+    record's values (a tuple) and the SNI it saw; the whole fields and the Upstream only when
+    webhook events will need them (``details``). The relay calls the tunnel when it is done."""
 
-    def __init__(self, fields, started, role, upstream=None):
-        self.upstream = upstream  # the Upstream it was opened with (its decision, timings)
+    __slots__ = ("relay", "values", "tls_sni", "started", "role", "active_at_termination", "details", "_conntrack")
+
+    proxy_type = "connect"
+
+    def __init__(self, conntrack, fields, started, upstream, keep_details):
+        """``keep_details``: keep ``fields`` and ``upstream`` for the webhook events."""
+        self.values = tuple([fields.get(name, "") for name in CLOSE_FIELDS])
+        self.tls_sni = fields.get("tls_sni")
+        self.started, self.role = started, fields["role"]
+        self.details = (fields, upstream) if keep_details else None
         self.relay = None
         self.active_at_termination = False
-        self.fields = fields
-        self.started = started
-        self.proxy_type = "connect"
-        self.role = role
+        self._conntrack = conntrack
+
+    def __call__(self, relay):
+        self._conntrack.closed(self)
+
+    @property
+    def requested_host(self):
+        return self.values[_REQUESTED_HOST]
+
+    @property
+    def project(self):
+        return self.values[_PROJECT]
+
+    @property
+    def outbound_remote_addr(self):
+        return self.values[_REMOTE]
 
 
 class Conntrack:
-    """The open tunnels; ``on_close()`` is called each time one closes, when set."""
+    """The open tunnels; ``on_close()`` is called each time one closes."""
 
-    def __init__(self, limits, records):
-        self.limits, self.records = limits, records
+    def __init__(self, limits, records, on_close):
+        self.limits, self.records, self.on_close = limits, records, on_close
         self.tunnels = set()
-        self.on_close = None
 
     def __len__(self):
         return len(self.tunnels)
@@ -44,8 +72,9 @@ class Conntrack:
         return iter(list(self.tunnels))
 
     def opened(self, fields, started, upstream):
-        """A tunnel begins (its relay is the caller's to set): counted against the tunnel limit."""
-        tunnel = Tunnel(fields, started, fields["role"], upstream)
+        """A tunnel begins (its relay is the caller's to set, with the tunnel as the relay's
+        ``on_close``): counted against the tunnel limit."""
+        tunnel = Tunnel(self, fields, started, upstream, self.records.webhooks is not None)
         self.tunnels.add(tunnel)
         self.limits.tunnel_opened(tunnel.role)
         return tunnel
@@ -53,8 +82,7 @@ class Conntrack:
     def closed(self, tunnel):
         """Its relay is done: its count, its close record and metrics."""
         self.tunnels.discard(tunnel)
-        if self.on_close is not None:
-            self.on_close()
+        self.on_close()
         self.limits.tunnel_closed(tunnel.role)
         self.records.tunnel_closed(tunnel)
 
@@ -96,8 +124,8 @@ class Conntrack:
         now = time.monotonic()
         return [{
             "role": tunnel.role,
-            "rhost": tunnel.fields["requested_host"],
-            "raddr": tunnel.fields.get("outbound_remote_addr", ""),
+            "rhost": tunnel.requested_host,
+            "raddr": tunnel.outbound_remote_addr,
             "created": logs.rfc3339(tunnel.started),
             "bytesIn": tunnel.relay.bytes_in,
             "bytesOut": tunnel.relay.bytes_out,

@@ -117,7 +117,7 @@ class Proxy:
         self.metrics = Metrics()
         self.records = Records(config, log, self.metrics)
         self._configure(config)
-        self.conntrack = Conntrack(self.limits, self.records)
+        self.conntrack = Conntrack(self.limits, self.records, self._connection_closed)
         self.connections = set()  # client connections reading heads or opening an upstream
         self.handlers = set()  # coroutines started for connections (final answers, chaining)
         self.exchanges = set()  # forwarded requests in flight (exchange.Exchange)
@@ -320,18 +320,18 @@ class Proxy:
         first_bytes = bytes(conn.buffer)
         if conn.tls and proxy_transport is None:
             upstream.unwatch()
-            tunnel.relay = TLSRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
+            tunnel.relay = TLSRelay(self.loop, conn.sock, upstream.sock, tunnel,
                                     first_bytes)
             tunnel.relay.start()
             return None
         if proxy_transport is None:
-            tunnel.relay = SpliceRelay(self.loop, conn.sock, upstream.sock, lambda relay: self._tunnel_closed(tunnel),
+            tunnel.relay = SpliceRelay(self.loop, conn.sock, upstream.sock, tunnel,
                                        first_bytes)
             tunnel.relay.start(upstream.watch)
             upstream.watch = None  # the relay's now
             return None
         # One leg is TLS: relay in user space, through the transports.
-        tunnel.relay = BufferedRelay(self.loop, lambda relay: self._tunnel_closed(tunnel), first_bytes,
+        tunnel.relay = BufferedRelay(self.loop, tunnel, first_bytes,
                                      proxy_leftover)
         tunnel.relay.attach(None, proxy_transport)
         proxy_transport.resume_reading()
@@ -489,8 +489,8 @@ class Proxy:
                                                               status, message, True))
         conn.sock.close()
 
-    def _tunnel_closed(self, tunnel):
-        self.conntrack.closed(tunnel)
+    def _connection_closed(self):
+        """A tunnel or a client connection closed: a descriptor is free (see server.Acceptor)."""
         if self.on_close is not None:
             self.on_close()
 

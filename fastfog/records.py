@@ -12,14 +12,11 @@ import time
 from fastfog import logs, responses
 from fastfog.acl import AUTH_REQUIRED
 from fastfog.admission import BadRequest
+from fastfog.conntrack import CLOSE_FIELDS
 from fastfog.forward import header_value
 from fastfog.limits import Refusal
 
 TRACE_HEADER = b"x-smokescreen-trace-id"
-
-# The request fields a tunnel's close record repeats from its decision record.
-CLOSE_FIELDS = ("id", "inbound_remote_addr", "proxy_type", "requested_host", "start_time", "trace_id", "role",
-                "project", "outbound_local_addr", "outbound_remote_addr")
 
 
 def body_length(answer):
@@ -190,9 +187,9 @@ class Records:
 
     def tunnel_closed(self, tunnel):
         """A tunnel's close record (Smokescreen's CANONICAL-PROXY-CN-CLOSE), metrics and events."""
-        relay, fields = tunnel.relay, tunnel.fields
+        relay = tunnel.relay
         ended = time.time()
-        record = {key: fields[key] for key in CLOSE_FIELDS}
+        record = dict(zip(CLOSE_FIELDS, tunnel.values, strict=True))
         record["bytes_in"] = relay.bytes_in
         record["bytes_out"] = relay.bytes_out
         record["end_time"] = logs.rfc3339(ended)
@@ -201,21 +198,21 @@ class Records:
         record["error"] = relay.error or ""
         if tunnel.active_at_termination:
             record["active_at_termination"] = True
-        if "tls_sni" in fields:
-            record["tls_sni"] = fields["tls_sni"]
+        if tunnel.tls_sni is not None:
+            record["tls_sni"] = tunnel.tls_sni
         self.log.info(logs.CONNECTION_CLOSE, record)
-        if self.webhooks is not None:
+        if self.webhooks is not None and tunnel.details is not None:
             self._tunnel_events(tunnel, record)
-        self.metrics.connection_closed(tunnel.role, fields["project"], record["duration"], relay.bytes_in,
+        self.metrics.connection_closed(tunnel.role, tunnel.project, record["duration"], relay.bytes_in,
                                        relay.bytes_out, tunnel.active_at_termination)
 
     def _tunnel_events(self, tunnel, record):
-        upstream, fields = tunnel.upstream, tunnel.fields
+        fields, upstream = tunnel.details
         details = {**start_details(fields), "project": fields["project"], "bytes_up": record["bytes_out"],
                    "bytes_down": record["bytes_in"], "duration": record["duration"],
                    "decision": upstream.decision.reason if upstream is not None else "",
                    "destination": fields.get("outbound_remote_addr", ""), "error": record["error"]}
-        if "tls_sni" in fields:
-            details["tls_sni"] = fields["tls_sni"]
+        if tunnel.tls_sni is not None:
+            details["tls_sni"] = tunnel.tls_sni
         self.webhooks.emit("connection-stop", fields["id"], details)
         self.webhooks.emit("connection-info", fields["id"], info_details(fields, upstream, record))
