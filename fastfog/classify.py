@@ -76,10 +76,17 @@ def parse_address_entry(text):
     return str(address), port
 
 
-class AddressPolicy:
-    """Classifies destination addresses for one configuration (SPEC section 3.3)."""
+PICKS_REMEMBERED = 4096  # (addresses, port) → Pick, per policy
 
-    __slots__ = ("_allow", "_deny", "_own", "_listen_port", "_unsafe_allow_private")
+
+class AddressPolicy:
+    """Classifies destination addresses for one configuration (SPEC section 3.3).
+
+    A policy never changes (a reload makes a new one), so ``pick`` remembers its answers for
+    the destinations it saw last: a kept-alive client asking for the same host again, or a
+    name answered from the DNS cache, is classified once per policy."""
+
+    __slots__ = ("_allow", "_deny", "_own", "_listen_port", "_unsafe_allow_private", "_picks")
 
     def __init__(self, allow_ranges=(), deny_ranges=(), allow_addresses=(), deny_addresses=(),
                  unsafe_allow_private_ranges=False, listen_port=None, own_addresses=()):
@@ -91,6 +98,7 @@ class AddressPolicy:
         self._own = CidrTable([(address, True) for address in own_addresses])
         self._listen_port = listen_port
         self._unsafe_allow_private = unsafe_allow_private_ranges
+        self._picks = {}
 
     @staticmethod
     def _user_table(ranges, addresses):
@@ -122,6 +130,16 @@ class AddressPolicy:
         When none may, the pick names the first address rejected and its class, which is
         what Smokescreen's deny reason reports. ``addresses`` must not be empty.
         """
+        key = (tuple(addresses), port)
+        found = self._picks.get(key)
+        if found is None:
+            found = self._pick(addresses, port)
+            if len(self._picks) >= PICKS_REMEMBERED:
+                self._picks.clear()  # the destinations seen last matter; starting over is cheapest
+            self._picks[key] = found
+        return found
+
+    def _pick(self, addresses, port):
         first_rejected = None
         for address in addresses:
             address_class = self.classify(address, port)

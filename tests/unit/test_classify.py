@@ -255,3 +255,20 @@ def test_classification_matches_the_list_scan_model(address, port, allow, deny, 
                            listen_port=4750, own_addresses=["203.0.113.5"])
     expected = slow_classify(address, port, allow, deny, unsafe, 4750, ["203.0.113.5"])
     assert policy.classify(address, port) is expected
+
+
+def test_a_policy_remembers_its_picks_and_a_new_policy_decides_afresh():
+    """Classification is a pure function of the policy: a remembered pick is the same answer,
+    the memory is bounded, and a reload's new policy never sees the old one's."""
+    from fastfog.classify import PICKS_REMEMBERED
+
+    policy = AddressPolicy()
+    first = policy.pick(("10.0.0.1", "8.8.8.8"), 443)
+    assert policy.pick(["10.0.0.1", "8.8.8.8"], 443) is first and first.address == "8.8.8.8"
+    assert policy.pick(("10.0.0.1",), 443).allowed is False
+    opened = AddressPolicy(unsafe_allow_private_ranges=True)
+    assert opened.pick(("10.0.0.1",), 443).allowed
+    for index in range(PICKS_REMEMBERED + 10):
+        policy.pick((f"8.8.{index // 256 % 256}.{index % 256}",), 443)
+    assert len(policy._picks) <= PICKS_REMEMBERED
+    assert policy.pick(("10.0.0.1", "8.8.8.8"), 443) == first
