@@ -193,6 +193,6 @@ def test_short_tunnel(benchmark, setup):
 
     answer = benchmark(one_tunnel)
     ends.loop.run_until_complete(asyncio.sleep(0.01))  # the last tunnel's close
-    tunnels_left = 0 if ends.proxy is None else len(ends.proxy.tunnels)
+    tunnels_left = 0 if ends.proxy is None else len(ends.proxy.conntrack)
     ends.close()
     assert answer == (BODY if setup else b"HTTP/1.0 200 OK\r\n\r\n" + BODY) and tunnels_left == 0
