@@ -1,10 +1,11 @@
 """What the proxy does with each request (the path in DESIGN.md).
 
 The proxy owns raw, non-blocking sockets from accept on, so a CONNECT tunnel
-between two plaintext sockets can be relayed with splice(2). The decision
-steps are the pure functions of ``hotpaths``, ``acl`` and ``classify``; the
-loop callbacks of ``connection`` read heads and open upstreams; this module
-answers, relays tunnels, forwards requests and writes the records.
+between two plaintext sockets can be relayed with splice(2). ``admission``
+decides (with ``acl`` and ``classify``); the loop callbacks of ``connection``
+read heads and open upstreams; this module dispatches each request, answers,
+hands tunnels to their relays (``conntrack`` tracks them) and starts forwarded
+exchanges; ``records`` writes what each of them leaves behind.
 """
 
 import asyncio
