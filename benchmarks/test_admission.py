@@ -20,7 +20,7 @@ SERVICES = [{"name": f"service-{index}", "project": f"p{index}", "action": "enfo
 ACL = {"version": "v1", "services": SERVICES, "global_deny_list": ["*.internal.example"]}
 HEAD = parse_request_head(bytearray(b"CONNECT api.partner42.example:443 HTTP/1.1\r\n"
                                     b"Host: api.partner42.example:443\r\n\r\n"))
-CLIENT = Client(("192.0.2.7", 40000), True, {"subject": ()}, "service-42", None)
+CLIENT = Client(("192.0.2.7", 40000), True, {"subject": ()}, {"inbound_remote_x509_cn": "service-42"}, None)
 ADDRESSES = ("203.0.113.9", "2001:db8::9")
 
 

@@ -28,7 +28,6 @@ from fastfog.acl import (
 )
 from fastfog.classify import Host, canonical_host
 from fastfog.forward import header_value
-from fastfog.limits import Refusal
 from fastfog.roles import RequestView
 
 UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
@@ -65,13 +64,14 @@ class Refused(NamedTuple):
 
 
 class Client(NamedTuple):
-    """What admission needs to know of a client connection."""
+    """What admission reads of a client connection (a connection.ClientConnection has the same
+    attributes, and is passed as it is)."""
 
     address: tuple  # (host, port) as accepted
     tls: bool
     peer_certificate: dict | None  # as ssl.getpeercert() gives it
-    certificate_cn: str  # its Subject CN ("" without one)
-    intercepted_role: str | None  # inside an intercepted tunnel: the CONNECT's role
+    x509_fields: dict | None  # its record fields: inbound_remote_x509_cn (the Subject CN), ...
+    mitm: object  # inside an intercepted tunnel, the mitm.Interception (whose ``role`` is the CONNECT's)
 
 
 class Admission:
@@ -123,8 +123,8 @@ class Admission:
         Subject CN; without TLS there is none (``error`` says why, for the record).
         """
         config = self.config
-        if client.intercepted_role is not None:  # inside an intercepted tunnel: the CONNECT's role, always
-            return client.intercepted_role, None, ""
+        if client.mitm is not None:  # inside an intercepted tunnel: the CONNECT's role, always
+            return client.mitm.role, None, ""
         if config.role_plugin is not None:
             return self._plugin_role(client, head)
         if config.auth is not None:
@@ -135,7 +135,7 @@ class Admission:
             return (role, None, "") if role is not None else ("", AUTH_REQUIRED, "")
         if client.tls:
             if client.peer_certificate is not None:
-                return client.certificate_cn, None, ""
+                return client.x509_fields["inbound_remote_x509_cn"], None, ""
             problem = "client did not provide certificate"
         else:
             problem = "defaultRoleFromRequest requires TLS"
@@ -180,4 +180,4 @@ def address_denial(decision, pick):
                     decision.rule, pick.address_class.code)
 
 
-__all__ = ["Admission", "Admitted", "BadRequest", "Client", "Refused", "Refusal", "address_denial"]
+__all__ = ["Admission", "Admitted", "BadRequest", "Client", "Refused", "address_denial"]

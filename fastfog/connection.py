@@ -26,7 +26,7 @@ from cryptography import x509
 
 from fastfog import proxyproto, reasons, responses, sockio
 from fastfog.acl import AUTH_REQUIRED, Decision
-from fastfog.admission import Admitted, BadRequest, Client, address_denial
+from fastfog.admission import Admitted, BadRequest, address_denial
 from fastfog.deadline import Deadline
 from fastfog.dns import ResolveError
 from fastfog.hotpaths import EdgeWatch, HeadError, parse_request_head
@@ -103,7 +103,7 @@ class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
     __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "deadline", "_timing", "_timeout",
-                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange", "mitm", "client")
+                 "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange", "mitm")
 
     def __init__(self, proxy, sock, address, peer_certificate=None, mitm=None):
         """``sock``: a plain socket, or a ClientTLSSocket whose handshake is done (``tls``), with the
@@ -119,9 +119,6 @@ class ClientConnection:
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.peer_certificate = peer_certificate
         self.x509_fields = x509_fields(peer_certificate)
-        self.client = Client(address, self.tls, peer_certificate,
-                             self.x509_fields["inbound_remote_x509_cn"] if self.x509_fields else "",
-                             mitm.role if mitm is not None else None)  # what admission asks of it
         self.buffer = bytearray()
         self.deadline = Deadline(self.loop)  # the head's, then the exchange's phases (exchange.py)
         self._timing = False  # the wait for this head is timed already
@@ -470,11 +467,11 @@ class Opening:
     @guarded
     def start(self):
         proxy, fields = self.proxy, self.fields
-        verdict = proxy.admission.admit(self.conn.client, self.head, self.connect)
+        verdict = proxy.admission.admit(self.conn, self.head, self.connect)
         if type(verdict) is not Admitted:
             self._refused(verdict)
             return
-        proxy.records.admitted(fields, verdict)
+        proxy.records.decided(fields, verdict)
         self.role, self.decision, self.requested = verdict.role, verdict.decision, verdict.requested
         self.via, self.port = verdict.via, verdict.port
         host = verdict.host

@@ -147,7 +147,6 @@ class Proxy:
         self.admission = Admission(config, self.limits, self.log)
         self.records.config = config
 
-
     def reconfigure(self, config):
         """A reload: new requests use ``config`` (validated by the caller); what is open goes on."""
         self._configure(config)

@@ -85,7 +85,7 @@ class Records:
         self.log.warning("bad request", {**fields, "error": message})
         return responses.bad_request(message)
 
-    def admitted(self, fields, verdict):
+    def decided(self, fields, verdict):
         """An admission verdict's role and project in the request's fields and, once the ACL
         was reached, its metrics (acl.<result>, acl.role_not_determined)."""
         fields["role"] = verdict.role
@@ -102,7 +102,7 @@ class Records:
 
     def refused(self, head, fields, refused, connect, close):
         """An admission.Refused request: its record, metrics and answer (407, 429, 503 or 400)."""
-        self.admitted(fields, refused)
+        self.decided(fields, refused)
         reason = refused.reason
         if isinstance(reason, BadRequest):
             return self.bad_request(fields, reason.message)

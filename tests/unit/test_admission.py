@@ -23,8 +23,12 @@ ACL = {
          "mitm_domains": [{"domain": "mitm.example.com"}]},
     ],
 }
-PLAIN = Client(("192.0.2.7", 5555), False, None, "", None)
-CERTIFIED = Client(("192.0.2.7", 5555), True, {"subject": ()}, "enforcer", None)
+PLAIN = Client(("192.0.2.7", 5555), False, None, None, None)
+CERTIFIED = Client(("192.0.2.7", 5555), True, {"subject": ()}, {"inbound_remote_x509_cn": "enforcer"}, None)
+
+
+def certified(cn):
+    return CERTIFIED._replace(x509_fields={"inbound_remote_x509_cn": cn})
 
 
 class Log:
@@ -121,7 +125,7 @@ def test_the_tunnel_limit_applies_to_connect_only():
     assert isinstance(gate.admit(CERTIFIED, request, False), Admitted)
 
 
-def test_proxy_authorization_names_the_role(monkeypatch):
+def test_proxy_authorization_names_the_role():
     auth = ProxyAuth({"password_env": "PW", "role": "enforcer"}, environ={"PW": "s3cret"})
     gate = admission(config(auth=auth))
     good = "Proxy-Authorization: Basic " + base64.b64encode(b"anyone:s3cret").decode()
@@ -133,7 +137,7 @@ def test_proxy_authorization_names_the_role(monkeypatch):
 
 
 def test_a_rule_port_list_denies_other_ports():
-    client = CERTIFIED._replace(certificate_cn="ported")
+    client = certified("ported")
     verdict = admission().admit(client, connect("example.org:8443"), True)
     assert isinstance(verdict, Refused) and verdict.reason.reason == reasons.PORT_NOT_ALLOWED
 
@@ -147,13 +151,13 @@ def test_an_upstream_proxy_is_what_gets_dialed():
 
 
 def test_interception_without_a_ca_is_refused():
-    client = CERTIFIED._replace(certificate_cn="interceptor")
+    client = certified("interceptor")
     verdict = admission().admit(client, connect("mitm.example.com:443"), True)
     assert isinstance(verdict, Refused) and verdict.reason.code == reasons.CODE_MITM_NOT_ENABLED
 
 
 def test_inside_an_intercepted_tunnel_the_connect_role_decides():
-    client = PLAIN._replace(intercepted_role="enforcer")
+    client = PLAIN._replace(mitm=SimpleNamespace(role="enforcer"))
     request = head("GET https://api.example.com/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
     assert admission().admit(client, request, False).role == "enforcer"
 
