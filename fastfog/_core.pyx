@@ -8,6 +8,7 @@ here: build steps (parsing CIDR entries, indexing globs) are the reference's
 own Python, called from here, so they are written once.
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -39,3 +40,4 @@ include "hot/buffered.pxi"
 include "hot/record.pxi"
 include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
+include "hot/series.pxi"

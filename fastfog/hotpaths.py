@@ -32,12 +32,15 @@ DEFAULT_MAX_HEAD_SIZE = _implementation.DEFAULT_MAX_HEAD_SIZE
 DEFAULT_MAX_HEADERS = _implementation.DEFAULT_MAX_HEADERS
 BufferedRelay = _implementation.BufferedRelay
 CidrTable = _implementation.CidrTable
+Count = _implementation.Count
 EdgeWatch = _implementation.EdgeWatch
+Histogram = _implementation.Histogram
 HostGlobSet = _implementation.HostGlobSet
 IdSource = _implementation.IdSource
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
 SpliceRelay = _implementation.SpliceRelay
+TunnelSeries = _implementation.TunnelSeries
 client_hello_sni = _implementation.client_hello_sni
 rfc3339 = _implementation.rfc3339
 json_line = _implementation.json_line
@@ -49,9 +52,10 @@ rewrite_head = _implementation.rewrite_head
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
 
 __all__ = [
-    "BufferedRelay", "COMPILED", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch", "HeadError",
-    "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni",
-    "json_line", "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
+    "BufferedRelay", "COMPILED", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch",
+    "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",
+    "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line", "parse_request_head", "parse_response_head",
+    "poller_for", "rewrite_head", "rfc3339",
 ]
 
 

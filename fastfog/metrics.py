@@ -30,7 +30,8 @@ gauges add up), which is how a parent process would serve one endpoint.
 import asyncio
 import math
 import socket
-from bisect import bisect_left
+
+from fastfog.hotpaths import Count, Histogram, TunnelSeries
 
 MAX_ROLES = 256
 OVERFLOW = "_overflow_"
@@ -127,20 +128,24 @@ def prometheus_name(name):
 
 
 class Metrics:
-    """Counts events; ``statsd`` (a StatsdSink) also receives each one as it happens."""
+    """Counts events into series (hotpaths.Count, Histogram: C counters in the compiled core);
+    ``statsd`` (a StatsdSink) also receives each one as it happens."""
 
     def __init__(self, statsd=None, max_roles=MAX_ROLES):
-        self.counters = {}  # (name, labels) -> value; labels: tuple of (key, value) pairs, sorted
-        self.histograms = {}  # (name, labels) -> [count per bucket..., sum, count]
+        self.counters = {}  # (name, labels) -> Count; labels: tuple of (key, value) pairs, sorted
+        self.histograms = {}  # (name, labels) -> Histogram
         self.gauges = {}  # name -> function returning the current value
         self.statsd = statsd
         self.max_roles = max_roles
         self._roles = {}  # metric name -> {raw role: label value}
         self._labels = {}  # (event, role, project, ...) -> its labels, made once (bounded)
+        self._acl = {}  # (role, project, default rule, result) -> (its Count, its labels) (bounded)
+        self._tunnels = {}  # (role, project) -> (its TunnelSeries, its labels) (bounded)
+        self._until_counted = {}  # (name, labels) -> Count of a counter exported once it is not 0
         # fastfog's own label-less counters are shown from the start, at 0 (alerts on them work
         # before the first event); Smokescreen's appear once first counted, as in Smokescreen.
         for name in VISIBLE_FROM_START:
-            self.counters[(name, ())] = 0
+            self.counter(name)
 
     def role(self, metric, raw):
         """The label value for ``raw`` in ``metric``: sanitised, and capped per metric."""
@@ -154,31 +159,42 @@ class Metrics:
                 seen[raw] = value
         return value
 
-    def incr(self, name, labels=(), value=1):
+    def counter(self, name, labels=()):
+        """The Count of ``name`` with ``labels``, made at first use."""
         key = (name, labels)
-        self.counters[key] = self.counters.get(key, 0) + value
+        count = self.counters.get(key)
+        if count is None:
+            count = self.counters[key] = Count()
+        return count
+
+    def histogram(self, name, labels=()):
+        """The Histogram of ``name`` with ``labels`` (its buckets by its name), made at first use."""
+        key = (name, labels)
+        histogram = self.histograms.get(key)
+        if histogram is None:
+            histogram = self.histograms[key] = Histogram(HISTOGRAMS.get(name, TIME_BUCKETS_MS))
+        return histogram
+
+    def incr(self, name, labels=(), value=1):
+        count = self.counters.get((name, labels))
+        if count is None:
+            count = self.counter(name, labels)
+        count.add(value)
         if self.statsd is not None:
             self.statsd.add(name, value, "c", labels)
 
     def observe(self, name, value, labels=()):
         """A timing (ms) or a distribution (bytes, seconds)."""
-        buckets = HISTOGRAMS.get(name, TIME_BUCKETS_MS)
-        key = (name, labels)
-        slots = self.histograms.get(key)
-        if slots is None:
-            slots = self.histograms[key] = [0] * (len(buckets) + 2)
-        index = bisect_left(buckets, value)
-        if index < len(buckets):  # past the last bound: only the +Inf bucket (the count) has it
-            slots[index] += 1
-        slots[-2] += value
-        slots[-1] += 1
+        histogram = self.histograms.get((name, labels))
+        if histogram is None:
+            histogram = self.histogram(name, labels)
+        histogram.observe(value)
         if self.statsd is not None:
             self.statsd.add(name, value, "ms" if name in TIMINGS else "h", labels)
 
     def count_locally(self, name, value=1):
         """A counter of fastfog's own (not sent to statsd: it may be about statsd, or the log)."""
-        key = (name, ())
-        self.counters[key] = self.counters.get(key, 0) + value
+        self.counter(name).add(value)
 
     def gauge(self, name, read):
         """A gauge read when exported (``read()`` returns its value)."""
@@ -186,45 +202,65 @@ class Metrics:
 
     # --- the events, with Smokescreen's names and tags -------------------------------------
 
-    def _cached_labels(self, key, make):
-        labels = self._labels.get(key)
-        if labels is None:
-            labels = make()
-            if len(self._labels) < 16 * self.max_roles:  # past that, made each time
-                self._labels[key] = labels
-        return labels
+    def _remembered(self, memory, key, make):
+        """``make()``, remembered under ``key`` in ``memory`` (up to a bound; past it, made each time)."""
+        found = memory.get(key)
+        if found is None:
+            found = make()
+            if len(memory) < 16 * self.max_roles:
+                memory[key] = found
+        return found
 
     def acl_decision(self, decision, role):
         result = decision.result
         if result is None:
             return
         project, default_rule = decision.project, decision.default_rule
-        self.incr("acl." + result, self._cached_labels(
-            ("acl", role, project, default_rule),
-            lambda: (("def_rule", "true" if default_rule else "false"), ("project", sanitise(project or "")),
-                     ("role", self.role("acl", role)))))
+        count, labels = self._remembered(self._acl, (role, project, default_rule, result),
+                                         lambda: self._acl_series(result, role, project, default_rule))
+        count.add(1)
+        if self.statsd is not None:
+            self.statsd.add("acl." + result, 1, "c", labels)
+
+    def _acl_series(self, result, role, project, default_rule):
+        labels = (("def_rule", "true" if default_rule else "false"), ("project", sanitise(project or "")),
+                  ("role", self.role("acl", role)))
+        return self.counter("acl." + result, labels), labels
 
     def connection_closed(self, role, project, duration, bytes_in, bytes_out, active_at_termination):
-        labels = self._cached_labels(("cn", role, project),
-                                     lambda: (("project", sanitise(project or "")), ("role", self.role("cn", role))))
-        self.incr("cn.close", labels)
-        if active_at_termination:
-            self.incr("cn.active_at_termination", labels)
-        self.observe("cn.duration", duration, labels)
-        self.observe("cn.bytes_in", bytes_in, labels)
-        self.observe("cn.bytes_out", bytes_out, labels)
+        series, labels = self._remembered(self._tunnels, (role, project), lambda: self._tunnel_series(role, project))
+        series.closed(duration, bytes_in, bytes_out, active_at_termination)
+        statsd = self.statsd
+        if statsd is not None:
+            statsd.add("cn.close", 1, "c", labels)
+            if active_at_termination:
+                statsd.add("cn.active_at_termination", 1, "c", labels)
+            statsd.add("cn.duration", duration, "h", labels)
+            statsd.add("cn.bytes_in", bytes_in, "h", labels)
+            statsd.add("cn.bytes_out", bytes_out, "h", labels)
+
+    def _tunnel_series(self, role, project):
+        labels = (("project", sanitise(project or "")), ("role", self.role("cn", role)))
+        # cn.active_at_termination appears once a shutdown first closes a tunnel, as in Smokescreen.
+        active = self._until_counted.get(("cn.active_at_termination", labels))
+        if active is None:
+            active = self._until_counted[("cn.active_at_termination", labels)] = Count()
+        series = TunnelSeries(self.counter("cn.close", labels), active, self.histogram("cn.duration", labels),
+                              self.histogram("cn.bytes_in", labels), self.histogram("cn.bytes_out", labels))
+        return series, labels
 
     # --- export --------------------------------------------------------------------------------
 
     def snapshot(self):
         """Plain data of everything counted (gauges read now), for merging across processes;
         ``process``: [(labels, process_figures())], this process's own."""
-        counters = dict(self.counters)
+        counters = {key: count.value for key, count in self.counters.items()}
+        counters.update({key: count.value for key, count in self._until_counted.items() if count.value})
         for name, (total, part) in DERIVED.items():
             counters[(name, ())] = counters.get((total, ()), 0) - counters.get((part, ()), 0)
         return {
             "counters": counters,
-            "histograms": {key: list(slots) for key, slots in self.histograms.items()},
+            "histograms": {key: histogram.slots() for key, histogram in self.histograms.items()},
             "gauges": {name: read() for name, read in self.gauges.items()},
             "process": [((), process_figures())],
         }

@@ -20,10 +20,11 @@ from fastfog.reference.httphead import (
 )
 from fastfog.reference.record import IdSource, json_line, rfc3339
 from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for
+from fastfog.reference.series import Count, Histogram, TunnelSeries
 
 __all__ = [
-    "BufferedRelay", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "EdgeWatch", "DEFAULT_MAX_HEADERS", "CidrTable",
-    "HeadError", "HostGlobSet",
-    "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "client_hello_sni", "json_line",
+    "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "EdgeWatch", "DEFAULT_MAX_HEADERS", "CidrTable",
+    "HeadError", "Histogram", "HostGlobSet",
+    "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line",
     "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]

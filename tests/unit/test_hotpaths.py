@@ -92,7 +92,8 @@ def test_type_stubs_describe_both_implementations(impl):
     api = stub_api()
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
-                        "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for"}
+                        "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for", "Count",
+                        "Histogram", "TunnelSeries"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -105,6 +106,10 @@ def test_type_stubs_describe_both_implementations(impl):
         "IdSource": impl.IdSource(),
         "EdgePoller": impl.poller_for(loop),
         "EdgeWatch": impl.EdgeWatch(impl.poller_for(loop), client.fileno()),
+        "Count": impl.Count(),
+        "Histogram": impl.Histogram((1, 2)),
+        "TunnelSeries": impl.TunnelSeries(impl.Count(), impl.Count(), impl.Histogram((1,)), impl.Histogram((1,)),
+                                          impl.Histogram((1,))),
     }
     samples["EdgeWatch"].forget()
     samples["SpliceRelay"].close()

@@ -32,7 +32,7 @@ def test_roles_per_metric_are_capped_with_an_overflow_value():
         counted.acl_decision(allow, role)
     roles = sorted(dict(labels)["role"] for (name, labels) in counted.counters if name == "acl.allow")
     assert roles == ["_overflow_", "a", "b"]
-    assert counted.counters[("acl.allow", (("def_rule", "false"), ("project", "p"), ("role", "_overflow_")))] == 2
+    assert counted.counters[("acl.allow", (("def_rule", "false"), ("project", "p"), ("role", "_overflow_")))].value == 2
     counted.connection_closed("z", "p", 1.0, 1, 1, False)  # another metric family has its own cap
     assert ("cn.close", (("project", "p"), ("role", "z"))) in counted.counters
 
@@ -46,7 +46,7 @@ def test_no_acl_no_acl_metric():
 def test_fastfogs_own_counters_are_visible_from_the_start_and_smokescreens_once_used():
     counted = metrics.Metrics()
     assert {name for name, _ in counted.counters} == set(metrics.VISIBLE_FROM_START)
-    assert set(counted.counters.values()) == {0}
+    assert {count.value for count in counted.counters.values()} == {0}
     assert "fastfog_log_dropped 0" in counted.prometheus_text()
     assert "resolver_attempts_total" not in counted.prometheus_text()
 
