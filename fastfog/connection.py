@@ -87,6 +87,30 @@ def x509_fields(peer_certificate):
     return found
 
 
+def dial_failure(error, address, port):
+    """A failed dial's answer status and message (errno ``error``, or None: it timed out)."""
+    target = peer_text((address, port))
+    if error is None:
+        return 504, f"Timed out connecting to remote host: dial tcp {target}: i/o timeout"
+    return 502, f"Failed to connect to remote host: dial tcp {target}: connect: {os.strerror(error).lower()}"
+
+
+def count_dial(proxy, error, dial_started):
+    """A dial's metrics: cn.atpt.total, cn.atpt.connect.err, and (with time_connect) its time."""
+    metrics = proxy.metrics
+    metrics.incr("cn.atpt.total", (("success", "false" if error else "true"),))
+    if error:
+        metrics.incr("cn.atpt.connect.err", (("type", DIAL_ERRORS.get(error, "unknown")),))
+    elif proxy.config.time_connect:
+        metrics.observe("cn.atpt.connect.time", (time.monotonic() - dial_started) * 1000)
+
+
+def unexpected_failure(proxy, head, fields, decision, lookup_ms, err):
+    """The 500 answer (logged) for a bug met while opening a request's upstream."""
+    return proxy.records.failed(head, fields, decision or Decision(False, "unexpected error"), lookup_ms, 500,
+                                f"{type(err).__name__}: {err}", True)
+
+
 def guarded(step):
     """A loop callback that must never leave its connection hanging: an unexpected error is
     logged, answered with 500 and the connection closed, and every other client is served on."""
@@ -466,8 +490,16 @@ class Opening:
 
     @guarded
     def start(self):
+        self._admitted(self.proxy.admission.admit(self.conn, self.head, self.connect))
+
+    @guarded
+    def admitted(self, verdict):
+        """Go on from admission's ``verdict``, already reached (by the compiled tunnel lane, which
+        hands over every request it does not carry through itself)."""
+        self._admitted(verdict)
+
+    def _admitted(self, verdict):
         proxy, fields = self.proxy, self.fields
-        verdict = proxy.admission.admit(self.conn, self.head, self.connect)
         if type(verdict) is not Admitted:
             self._refused(verdict)
             return
@@ -637,13 +669,11 @@ class Opening:
         """``pooled_names``: the names of a pooled connection taken instead of dialing."""
         proxy = self.proxy
         if pooled_names is None:
-            self._count_dial(error)
+            count_dial(proxy, error, self.dial_started)
         if error:
             self._close_upstream()
-            cause = os.strerror(error).lower()
-            target = peer_text((self.address, self.port))
-            message = f"Failed to connect to remote host: dial tcp {target}: connect: {cause}"
-            self._answer(proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, 502, message,
+            status, message = dial_failure(error, self.address, self.port)
+            self._answer(proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, status, message,
                                               self.close))
             return
         if self.conn.closed:
@@ -665,18 +695,10 @@ class Opening:
     def _dial_timed_out(self):
         proxy = self.proxy
         self._close_upstream()
-        self._count_dial(errno.ETIMEDOUT)
-        message = f"Timed out connecting to remote host: dial tcp {peer_text((self.address, self.port))}: i/o timeout"
-        self._answer(proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, 504, message,
+        count_dial(proxy, errno.ETIMEDOUT, self.dial_started)
+        status, message = dial_failure(None, self.address, self.port)
+        self._answer(proxy.records.failed(self.head, self.fields, self.decision, self.lookup_ms, status, message,
                                           self.close))
-
-    def _count_dial(self, error):
-        metrics = self.proxy.metrics
-        metrics.incr("cn.atpt.total", (("success", "false" if error else "true"),))
-        if error:
-            metrics.incr("cn.atpt.connect.err", (("type", DIAL_ERRORS.get(error, "unknown")),))
-        elif self.proxy.config.time_connect:
-            metrics.observe("cn.atpt.connect.time", (time.monotonic() - self.dial_started) * 1000)
 
     def _close_upstream(self):
         if self.watch is not None:
@@ -691,11 +713,9 @@ class Opening:
     def _unexpected(self, err):
         if self.upstream is not None:
             self._close_upstream()
-        message = f"{type(err).__name__}: {err}"
-        decision = self.decision or Decision(False, "unexpected error")
         self._release()
-        self.done(None, self.proxy.records.failed(self.head, self.fields, decision, self.lookup_ms, 500, message,
-                                                  True), True)
+        self.done(None, unexpected_failure(self.proxy, self.head, self.fields, self.decision, self.lookup_ms, err),
+                  True)
 
     def _abandon(self):
         """Nobody is left to answer (the client went away, or shutdown cancelled a lookup): just close."""

@@ -30,7 +30,7 @@ from fastfog.connection import (
     peer_text,
 )
 from fastfog.exchange import Exchange
-from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, parse_response_head, poller_for
+from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, open_tunnel, parse_response_head, poller_for
 from fastfog.keepalive import KeepAlive
 from fastfog.limits import Limits
 from fastfog.admission import Admission
@@ -246,38 +246,49 @@ class Proxy:
     def _connect(self, conn, head):
         started = time.time()  # one reading: the record's start_time and the tunnel's duration
         fields = self.records.request_fields(conn, "connect", head, started)
+        open_tunnel(self, conn, head, fields, started)
 
-        def opened(upstream, answer, close):
-            if upstream is None:
-                self._answer_unopened(conn, answer, close)
-                return
-            if upstream.via is not None:
-                upstream.unwatch()
-                conn.detach()
-                self.spawn(self._chain(conn, head, fields, upstream, started))
-                return
-            self.limits.release(upstream.role)
-            try:
-                conn.sock.send(responses.CONNECT_ESTABLISHED)  # 19 bytes: a fresh socket always takes them
-            except OSError:
-                upstream.close()
-                conn.close()
-                return
-            conn.detach()
-            if upstream.decision.mitm is not None:
-                self._intercept(conn, head, fields, upstream, started)
-                return
-            if self.config.sni_check == "off":
-                self._relay(conn, head, fields, upstream, started, None, None)
-                return
-            requested = upstream.requested
+    def open_tunnel(self, conn, head, fields, started, verdict=None):
+        """A CONNECT's way to its tunnel through Opening, all of it (the compiled lane in
+        hot/tunnel.pxi carries the common case itself and hands the rest over here, with
+        admission's ``verdict`` once it has one)."""
+        opening = Opening(self, conn, head, fields, True,
+                          lambda upstream, answer, close: self.tunnel_opened(conn, head, fields, started, upstream,
+                                                                             answer, close))
+        if verdict is None:
+            opening.start()
+        else:
+            opening.admitted(verdict)
+
+    def tunnel_opened(self, conn, head, fields, started, upstream, answer, close):
+        """A CONNECT's Opening is done: its tunnel (relayed, intercepted or chained), or its answer."""
+        if upstream is None:
+            self._answer_unopened(conn, answer, close)
+            return
+        if upstream.via is not None:
             upstream.unwatch()
-            SniCheck(self, conn.sock, conn.buffer, requested.name, requested.address is not None, head.port,
-                     upstream.sock, lambda check, verdict, data: self._sni_checked(conn, head, fields, upstream,
-                                                                                   started, check, verdict,
-                                                                                   data)).start()
-
-        Opening(self, conn, head, fields, True, opened).start()
+            conn.detach()
+            self.spawn(self._chain(conn, head, fields, upstream, started))
+            return
+        self.limits.release(upstream.role)
+        try:
+            conn.sock.send(responses.CONNECT_ESTABLISHED)  # 19 bytes: a fresh socket always takes them
+        except OSError:
+            upstream.close()
+            conn.close()
+            return
+        conn.detach()
+        if upstream.decision.mitm is not None:
+            self._intercept(conn, head, fields, upstream, started)
+            return
+        if self.config.sni_check == "off":
+            self._relay(conn, head, fields, upstream, started, None, None)
+            return
+        requested = upstream.requested
+        upstream.unwatch()
+        SniCheck(self, conn.sock, conn.buffer, requested.name, requested.address is not None, head.port,
+                 upstream.sock, lambda check, verdict, data: self._sni_checked(conn, head, fields, upstream,
+                                                                               started, check, verdict, data)).start()
 
     @staticmethod
     def _answer_unopened(conn, answer, close):

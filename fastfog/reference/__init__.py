@@ -21,10 +21,11 @@ from fastfog.reference.httphead import (
 from fastfog.reference.record import IdSource, json_line, rfc3339
 from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for
 from fastfog.reference.series import Count, Histogram, TunnelSeries
+from fastfog.reference.tunnel import open_tunnel
 
 __all__ = [
     "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "EdgeWatch", "DEFAULT_MAX_HEADERS", "CidrTable",
     "HeadError", "Histogram", "HostGlobSet",
     "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line",
-    "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
+    "open_tunnel", "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]

@@ -1,0 +1,291 @@
+# The common CONNECT, compiled: from admission's verdict to the tunnel's hand-over,
+# with the dial made by system calls from C. Twin: fastfog/reference/tunnel.py.
+#
+# The lane carries a CONNECT that is admitted, dialed directly (no upstream
+# proxy), not held for an access-request webhook, and whose host is an IP
+# literal or a name the DNS cache answers with an address the policy allows.
+# It checks all of that before it does anything that leaves a trace; any other
+# request goes to Proxy.open_tunnel (Opening, in connection.py) with
+# admission's verdict, and is served exactly as the pure-Python build serves
+# it. Past that point the lane makes Opening's calls in Opening's order:
+# records.decided, the resolver and address metrics, the dial and its metrics,
+# and for a dial that fails or times out, the same answer through the same
+# functions. The dialed tunnel goes to Proxy.tunnel_opened, as Opening's does.
+
+cdef extern from "<sys/socket.h>":
+    ctypedef unsigned int socklen_t
+    cdef struct sockaddr:
+        unsigned short sa_family
+    cdef struct sockaddr_storage:
+        unsigned short ss_family
+    int c_socket "socket"(int domain, int type, int protocol) nogil
+    int c_connect "connect"(int fd, const sockaddr* address, socklen_t length) nogil
+    int c_setsockopt "setsockopt"(int fd, int level, int name, const void* value, socklen_t length) nogil
+    int c_getsockopt "getsockopt"(int fd, int level, int name, void* value, socklen_t* length) nogil
+    int c_getsockname "getsockname"(int fd, sockaddr* address, socklen_t* length) nogil
+    enum:
+        SOCK_STREAM
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SOL_SOCKET
+        SO_ERROR
+
+cdef extern from "<netinet/in.h>":
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct in6_addr:
+        unsigned char s6_addr[16]
+    cdef struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    cdef struct sockaddr_in6:
+        unsigned short sin6_family
+        unsigned short sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    unsigned short htons(unsigned short value) nogil
+    unsigned short ntohs(unsigned short value) nogil
+    enum:
+        IPPROTO_TCP
+        INET6_ADDRSTRLEN
+
+cdef extern from "<netinet/tcp.h>":
+    enum:
+        TCP_NODELAY
+
+cdef extern from "<arpa/inet.h>":
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size) nogil
+
+from libc.errno cimport EINPROGRESS, ETIMEDOUT
+from libc.string cimport memset
+
+import _socket as _socket_type  # the C socket type: socket.socket's Python-level __init__ costs more
+
+# Imported at first use (_import_lane): those modules import fastfog.hotpaths, which imports this one.
+cdef object _Admitted = None
+cdef object _Upstream, _count_dial, _dial_failure, _unexpected_failure
+
+
+cdef _import_lane():
+    global _Admitted, _Upstream, _count_dial, _dial_failure, _unexpected_failure
+    from fastfog.connection import Upstream, count_dial, dial_failure, unexpected_failure
+    _Upstream, _count_dial, _dial_failure, _unexpected_failure = Upstream, count_dial, dial_failure, unexpected_failure
+    from fastfog.admission import Admitted
+    _Admitted = Admitted
+
+
+cdef str _address_text(const sockaddr_storage* address):
+    """``ip:port`` or ``[v6]:port``, as connection.peer_text writes a socket address."""
+    cdef char text[INET6_ADDRSTRLEN]
+    if address.ss_family == AF_INET:
+        inet_ntop(AF_INET, &(<const sockaddr_in*>address).sin_addr, text, INET6_ADDRSTRLEN)
+        return f"{text.decode('ascii')}:{ntohs((<const sockaddr_in*>address).sin_port)}"
+    inet_ntop(AF_INET6, &(<const sockaddr_in6*>address).sin6_addr, text, INET6_ADDRSTRLEN)
+    return f"[{text.decode('ascii')}]:{ntohs((<const sockaddr_in6*>address).sin6_port)}"
+
+
+def open_tunnel(proxy, conn, head, dict fields, double started):
+    """Open the tunnel a CONNECT asks for, or answer it (see above)."""
+    if _Admitted is None:
+        _import_lane()
+    try:
+        verdict = proxy.admission.admit(conn, head, True)
+    except Exception as err:  # a bug: this request's 500, as Opening answers it
+        proxy.tunnel_opened(conn, head, fields, started, None,
+                            _unexpected_failure(proxy, head, fields, None, 0, err), True)
+        return
+    if type(verdict) is not _Admitted or verdict.via is not None:
+        proxy.open_tunnel(conn, head, fields, started, verdict)
+        return
+    cdef double lookup_started = _monotonic()
+    host = verdict.host
+    cdef bint named = host.address is None
+    try:
+        hooks = proxy.records.webhooks
+        if hooks is not None and hooks.wants_access_request(verdict.role):
+            addresses = None
+        elif named:
+            addresses = proxy.resolver.cached(host.name)
+        else:
+            addresses = (host.name,)
+        pick = proxy.policy.pick(addresses, verdict.port) if addresses is not None else None
+    except Exception:  # a cached lookup failure (or a bug): Opening meets it again, and answers it
+        pick = None
+    if pick is None or not pick.allowed:
+        proxy.open_tunnel(conn, head, fields, started, verdict)
+        return
+    _TunnelDial(proxy, conn, head, fields, started, verdict, pick, named, lookup_started).dial()
+
+
+@cython.final
+cdef class _TunnelDial:
+    """One lane CONNECT from its verdict to its relay: the dial, its end, the hand-over."""
+    cdef object proxy
+    cdef object conn
+    cdef object head
+    cdef dict fields
+    cdef double started
+    cdef object verdict
+    cdef object pick
+    cdef bint named
+    cdef double lookup_started
+    cdef int lookup_ms
+    cdef int fd
+    cdef int family
+    cdef EdgeWatch watch
+    cdef object timer
+    cdef double dial_started
+
+    def __init__(self, proxy, conn, head, dict fields, double started, verdict, pick, bint named,
+                 double lookup_started):
+        self.proxy, self.conn, self.head, self.fields, self.started = proxy, conn, head, fields, started
+        self.verdict, self.pick, self.named, self.lookup_started = verdict, pick, named, lookup_started
+        self.fd = -1
+
+    cdef dial(self):
+        proxy = self.proxy
+        try:
+            # What Opening._admitted and _resolved leave behind, in their order.
+            proxy.records.decided(self.fields, self.verdict)
+            metrics = proxy.metrics
+            if self.named:
+                metrics.incr("resolver.attempts_total")
+            self.lookup_ms = <int>((_monotonic() - self.lookup_started) * 1000)
+            if self.conn.closed:
+                self._abandon()
+                return
+            if self.named:
+                metrics.observe("resolver.lookup_time", (_monotonic() - self.lookup_started) * 1000)
+            metrics.incr(self.pick.address_class.metric)
+            self._connect()
+        except Exception as err:  # a bug: contained to this request, as Opening contains its own
+            self._unexpected(err)
+
+    cdef _connect(self):
+        cdef sockaddr_storage address
+        cdef socklen_t length
+        cdef int one = 1, value, error
+        text = (<str>self.pick.address).encode("ascii")
+        memset(&address, 0, sizeof(address))
+        if inet_pton(AF_INET, text, &(<sockaddr_in*>&address).sin_addr) == 1:
+            self.family = AF_INET
+            (<sockaddr_in*>&address).sin_family = AF_INET
+            (<sockaddr_in*>&address).sin_port = htons(self.verdict.port)
+            length = sizeof(sockaddr_in)
+        elif inet_pton(AF_INET6, text, &(<sockaddr_in6*>&address).sin6_addr) == 1:
+            self.family = AF_INET6
+            (<sockaddr_in6*>&address).sin6_family = AF_INET6
+            (<sockaddr_in6*>&address).sin6_port = htons(self.verdict.port)
+            length = sizeof(sockaddr_in6)
+        else:
+            raise ValueError(f"not an address: {self.pick.address!r}")
+        # Non-blocking from its creation: no separate call to make it so.
+        self.fd = c_socket(self.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        if self.fd < 0:
+            raise OSError(errno, strerror(errno).decode())
+        c_setsockopt(self.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        for level, name, option in self.proxy.keepalive.options:
+            value = option
+            c_setsockopt(self.fd, level, name, &value, sizeof(value))
+        self.dial_started = _monotonic()
+        if c_connect(self.fd, <sockaddr*>&address, length) == 0:
+            self._ended(0)
+            return
+        error = errno
+        if error != EINPROGRESS and error != EAGAIN and error != EINTR:
+            self._ended(error)
+            return
+        proxy = self.proxy
+        timeout = proxy.config.connect_timeout
+        if timeout:
+            self.timer = proxy.loop.call_later(timeout, self._timed_out)
+        # The connect's end is one edge (writable, or an error) on the proxy's own epoll set,
+        # where the relay then takes the socket over.
+        self.watch = EdgeWatch(proxy.poller, self.fd)
+        self.watch.readable = False  # nothing can have arrived yet: wait for an edge that says so
+        self.watch.wait_write(self._dialed)
+
+    def _dialed(self):
+        cdef int error = 0
+        cdef socklen_t length = sizeof(error)
+        try:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            # Only an edge that said error or hang-up can carry a failed connect: ask for it then.
+            if self.watch.hung_up and c_getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0:
+                error = errno
+            self._ended(error)
+        except Exception as err:
+            self._unexpected(err)
+
+    def _timed_out(self):
+        self.timer = None
+        try:
+            self._close_upstream()
+            _count_dial(self.proxy, ETIMEDOUT, self.dial_started)
+            self._failed(None)
+        except Exception as err:
+            self._unexpected(err)
+
+    cdef _ended(self, int error):
+        cdef sockaddr_storage local
+        cdef socklen_t length = sizeof(local)
+        proxy, conn, fields = self.proxy, self.conn, self.fields
+        _count_dial(proxy, error, self.dial_started)
+        if error:
+            self._close_upstream()
+            self._failed(error)
+            return
+        if conn.closed:
+            self._close_upstream()
+            self._abandon()
+            return
+        if c_getsockname(self.fd, <sockaddr*>&local, &length) != 0:
+            raise OSError(errno, strerror(errno).decode())
+        address, port = self.pick.address, self.verdict.port
+        # The remote end is the address dialed (canonical text already): no need to ask the kernel.
+        names = (_address_text(&local), f"[{address}]:{port}" if self.family == AF_INET6 else f"{address}:{port}")
+        fields["outbound_local_addr"], fields["outbound_remote_addr"] = names
+        connect_ms = <int>((_monotonic() - self.dial_started) * 1000)
+        sock = _socket_type.socket(self.family, SOCK_STREAM, 0, self.fd)
+        self.fd = -1  # the socket object's now
+        verdict = self.verdict
+        upstream = _Upstream(sock, self.watch, verdict.decision, self.lookup_ms, connect_ms, address, None, port,
+                           False, verdict.role, verdict.requested, names)
+        self.watch = None
+        proxy.tunnel_opened(conn, self.head, fields, self.started, upstream, None, False)
+
+    cdef _failed(self, error):
+        status, message = _dial_failure(error, self.pick.address, self.verdict.port)
+        proxy = self.proxy
+        answer = proxy.records.failed(self.head, self.fields, self.verdict.decision, self.lookup_ms, status, message,
+                                      True)
+        self._answer(answer)
+
+    cdef _unexpected(self, err):
+        self._close_upstream()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        decision = self.verdict.decision
+        self._answer(_unexpected_failure(self.proxy, self.head, self.fields, decision, self.lookup_ms, err))
+
+    cdef _abandon(self):
+        """The client went away (or shutdown closed it) meanwhile: release, and close it."""
+        self._answer(None)
+
+    cdef _answer(self, answer):
+        proxy = self.proxy
+        proxy.limits.release(self.verdict.role)
+        proxy.tunnel_opened(self.conn, self.head, self.fields, self.started, None, answer, True)
+
+    cdef _close_upstream(self):
+        if self.watch is not None:
+            self.watch.forget()
+            self.watch = None
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
