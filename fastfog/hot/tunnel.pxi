@@ -18,7 +18,6 @@ cdef extern from "<sys/socket.h>":
         unsigned short sa_family
     cdef struct sockaddr_storage:
         unsigned short ss_family
-    int c_socket "socket"(int domain, int type, int protocol) nogil
     int c_connect "connect"(int fd, const sockaddr* address, socklen_t length) nogil
     int c_setsockopt "setsockopt"(int fd, int level, int name, const void* value, socklen_t length) nogil
     int c_getsockopt "getsockopt"(int fd, int level, int name, void* value, socklen_t* length) nogil
@@ -26,7 +25,6 @@ cdef extern from "<sys/socket.h>":
     enum:
         SOCK_STREAM
         SOCK_NONBLOCK
-        SOCK_CLOEXEC
         SOL_SOCKET
         SO_ERROR
 
@@ -132,6 +130,7 @@ cdef class _TunnelDial:
     cdef bint named
     cdef double lookup_started
     cdef int lookup_ms
+    cdef object sock
     cdef int fd
     cdef int family
     cdef EdgeWatch watch
@@ -181,10 +180,11 @@ cdef class _TunnelDial:
             length = sizeof(sockaddr_in6)
         else:
             raise ValueError(f"not an address: {self.pick.address!r}")
-        # Non-blocking from its creation: no separate call to make it so.
-        self.fd = c_socket(self.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-        if self.fd < 0:
-            raise OSError(errno, strerror(errno).decode())
+        # The socket object is made first: made from a descriptor, it would ask the kernel for
+        # the socket's name (a system call) to check that it is one. Non-blocking from its
+        # creation: no separate call to make it so.
+        self.sock = _socket_type.socket(self.family, SOCK_STREAM | SOCK_NONBLOCK)
+        self.fd = self.sock.fileno()
         c_setsockopt(self.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         for level, name, option in self.proxy.keepalive.options:
             value = option
@@ -250,11 +250,9 @@ cdef class _TunnelDial:
         names = (_address_text(&local), f"[{address}]:{port}" if self.family == AF_INET6 else f"{address}:{port}")
         fields["outbound_local_addr"], fields["outbound_remote_addr"] = names
         connect_ms = <int>((_monotonic() - self.dial_started) * 1000)
-        sock = _socket_type.socket(self.family, SOCK_STREAM, 0, self.fd)
-        self.fd = -1  # the socket object's now
         verdict = self.verdict
-        upstream = _Upstream(sock, self.watch, verdict.decision, self.lookup_ms, connect_ms, address, None, port,
-                           False, verdict.role, verdict.requested, names)
+        upstream = _Upstream(self.sock, self.watch, verdict.decision, self.lookup_ms, connect_ms, address, None, port,
+                            False, verdict.role, verdict.requested, names)
         self.watch = None
         proxy.tunnel_opened(conn, self.head, fields, self.started, upstream, None, False)
 
@@ -286,6 +284,7 @@ cdef class _TunnelDial:
         if self.watch is not None:
             self.watch.forget()
             self.watch = None
-        if self.fd >= 0:
-            close(self.fd)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
             self.fd = -1
