@@ -42,3 +42,4 @@ include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
 include "hot/series.pxi"
 include "hot/tunnel.pxi"
+include "hot/accept.pxi"  # (after tunnel.pxi: it uses its socket declarations)

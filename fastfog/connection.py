@@ -126,7 +126,7 @@ def guarded(step):
 class ClientConnection:
     """A client socket between requests: reads heads with loop callbacks and starts each request."""
 
-    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "deadline", "_timing", "_timeout",
+    __slots__ = ("proxy", "loop", "sock", "fd", "address", "peer", "buffer", "_deadline", "_timing", "_timeout",
                  "_watch", "closed", "tls", "peer_certificate", "x509_fields", "exchange", "mitm")
 
     def __init__(self, proxy, sock, address, peer_certificate=None, mitm=None):
@@ -144,7 +144,7 @@ class ClientConnection:
         self.peer_certificate = peer_certificate
         self.x509_fields = x509_fields(peer_certificate)
         self.buffer = bytearray()
-        self.deadline = Deadline(self.loop)  # the head's, then the exchange's phases (exchange.py)
+        self._deadline = None  # made at the first wait: most CONNECT clients never wait
         self._timing = False  # the wait for this head is timed already
         self._timeout = 0.0
         self._watch = None  # made at the first wait: most CONNECT clients never wait for a head
@@ -164,6 +164,15 @@ class ClientConnection:
         config = self.proxy.config
         self._timeout = config.read_header_timeout if first or not config.idle_timeout else config.idle_timeout
         self._advance(bool(self.buffer))
+
+    @property
+    def deadline(self):
+        """The connection's timer (a deadline.Deadline): the head's, then the exchange's phases
+        (exchange.py); made on first use."""
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._deadline = Deadline(self.loop)
+        return deadline
 
     def next_request(self):
         """After an answer on a kept-alive connection: read the next head from a fresh stack, so a
@@ -283,7 +292,7 @@ class ClientConnection:
     def detach(self):
         """The socket now belongs to a tunnel: stop tracking it as a connection."""
         self._stop_waiting()
-        self.deadline.cancel()
+        self._cancel_deadline()
         self._drop_watch(False)
         self.proxy.connections.discard(self)
 
@@ -291,13 +300,17 @@ class ClientConnection:
         if not self.closed:
             self.closed = True
             self._stop_waiting()
-            self.deadline.cancel()
+            self._cancel_deadline()
             self._drop_watch(True)
             self.sock.close()
             proxy = self.proxy
             proxy.connections.discard(self)
             if proxy.on_close is not None:
                 proxy.on_close()
+
+    def _cancel_deadline(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     def _drop_watch(self, closing):
         """The socket goes to other hands (or is about to close): take it off the poller."""

@@ -31,6 +31,7 @@ else:
 DEFAULT_MAX_HEAD_SIZE = _implementation.DEFAULT_MAX_HEAD_SIZE
 DEFAULT_MAX_HEADERS = _implementation.DEFAULT_MAX_HEADERS
 BufferedRelay = _implementation.BufferedRelay
+accept_batch = _implementation.accept_batch
 CidrTable = _implementation.CidrTable
 Count = _implementation.Count
 EdgeWatch = _implementation.EdgeWatch
@@ -56,7 +57,7 @@ __all__ = [
     "BufferedRelay", "COMPILED", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch",
     "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",
     "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line", "open_tunnel", "parse_request_head",
-    "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
+    "accept_batch", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]
 
 

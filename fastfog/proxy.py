@@ -155,8 +155,7 @@ class Proxy:
     # --- accepting and dispatching ------------------------------------------------------------
 
     def accept(self, sock, address):
-        """Take a freshly accepted client socket (TCP_NODELAY comes from the listener)."""
-        sock.setblocking(False)
+        """Take a freshly accepted, non-blocking client socket (TCP_NODELAY comes from the listener)."""
         if self.config.support_proxy_protocol:
             ProxyHeader(self, sock, address, self._accepted).start()
         else:

@@ -11,7 +11,6 @@ listener is the one Einhorn passes down; with ``--workers`` this runs in each
 worker process (see supervisor.py).
 """
 
-import _socket
 import asyncio
 import errno
 import gc
@@ -30,6 +29,7 @@ from fastfog.connection import peer_text
 from fastfog.config import Config
 from fastfog.control import WorkerRole, answer_supervisor
 from fastfog.dns import Resolver
+from fastfog.hotpaths import accept_batch
 from fastfog.keepalive import KeepAlive
 from fastfog.logs import Log
 from fastfog.metrics import StatsdSink, serve_prometheus
@@ -318,22 +318,13 @@ class Acceptor:
 
     def _take(self):
         """Accept what is waiting (up to a batch); whether anything was."""
-        accept, family, take = self.listener._accept, self.listener.family, self.proxy.accept
-        for index in range(ACCEPT_BATCH):
-            try:
-                fd, peer = accept()
-            except BlockingIOError:
-                return index > 0
-            except OSError as err:
-                if err.errno in self.EXHAUSTED:
-                    self._exhausted(err)
-                else:  # the connection went away before it was taken, say: the next one
-                    self.log.error("accept failed", {"error": str(err)})
-                return index > 0
-            # The C socket type: socket.socket's Python-level __init__ and close cost more
-            # than the rest of taking a connection.
-            take(_socket.socket(family, socket.SOCK_STREAM, 0, fd), peer)
-        return True
+        taken, error = accept_batch(self.listener, ACCEPT_BATCH, self.proxy.accept)
+        if error is not None:
+            if error.errno in self.EXHAUSTED:
+                self._exhausted(error)
+            else:  # the connection went away before it was taken, say: the next one
+                self.log.error("accept failed", {"error": str(error)})
+        return taken > 0
 
     def _exhausted(self, err):
         self.refused += 1

@@ -45,6 +45,7 @@ cdef extern from "<netinet/in.h>":
         uint32_t sin6_scope_id
     unsigned short htons(unsigned short value) nogil
     unsigned short ntohs(unsigned short value) nogil
+    uint32_t ntohl(uint32_t value) nogil
     enum:
         IPPROTO_TCP
         INET6_ADDRSTRLEN

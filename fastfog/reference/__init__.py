@@ -5,6 +5,7 @@ selects these.
 """
 
 from fastfog.errors import HeadError
+from fastfog.reference.accept import accept_batch
 from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.clienthello import client_hello_sni
@@ -24,8 +25,8 @@ from fastfog.reference.series import Count, Histogram, TunnelSeries
 from fastfog.reference.tunnel import open_tunnel
 
 __all__ = [
-    "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "EdgePoller", "EdgeWatch", "DEFAULT_MAX_HEADERS", "CidrTable",
-    "HeadError", "Histogram", "HostGlobSet",
-    "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line",
-    "open_tunnel", "parse_request_head", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
+    "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgePoller", "EdgeWatch",
+    "HeadError", "Histogram", "HostGlobSet", "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries",
+    "accept_batch", "client_hello_sni", "json_line", "open_tunnel", "parse_request_head", "parse_response_head",
+    "poller_for", "rewrite_head", "rfc3339",
 ]
