@@ -9,6 +9,7 @@ same name does.
 """
 
 import asyncio
+import operator
 import time
 
 from fastfog import logs
@@ -19,6 +20,7 @@ CLOSE_FIELDS = ("id", "inbound_remote_addr", "proxy_type", "requested_host", "st
                 "project", "outbound_local_addr", "outbound_remote_addr")
 _REQUESTED_HOST, _PROJECT, _REMOTE = (CLOSE_FIELDS.index(name) for name in
                                       ("requested_host", "project", "outbound_remote_addr"))
+_close_values = operator.itemgetter(*CLOSE_FIELDS)
 
 
 class Tunnel:
@@ -34,7 +36,10 @@ class Tunnel:
 
     def __init__(self, conntrack, fields, started, upstream, keep_details):
         """``keep_details``: keep ``fields`` and ``upstream`` for the webhook events."""
-        self.values = tuple([fields.get(name, "") for name in CLOSE_FIELDS])
+        try:
+            self.values = _close_values(fields)
+        except KeyError:  # a field the tunnel's path never set: written as ""
+            self.values = tuple([fields.get(name, "") for name in CLOSE_FIELDS])
         self.tls_sni = fields.get("tls_sni")
         self.started, self.role = started, fields["role"]
         self.details = (fields, upstream) if keep_details else None

@@ -3,6 +3,10 @@
 # growing C buffer: no intermediate strings, no per-value Python calls for the
 # str, int, bool and None values that make up nearly every record.
 
+from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_Size
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject, PyObject_Hash
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite, isnan, nearbyint
 from libc.time cimport time_t, tm
@@ -107,8 +111,7 @@ cdef int _put_value(_Out* out, object value) except -1:
     if value is False:
         return _put(out, b"false", 5)
     if type(value) is int:
-        text = str(value).encode("ascii")
-        return _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+        return _put_int(out, value)
     if type(value) is float:
         number = value
         if isfinite(number):
@@ -121,47 +124,125 @@ cdef int _put_value(_Out* out, object value) except -1:
     return _put(out, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
 
 
-# The keys of a record in the order it is written, by the order its dict was built in: the
-# same few record shapes come again and again, and sorting their keys anew each time would
-# cost more than writing them. Each key comes with where its value is: 0 in the fields, or
-# 1-3 the record's own level, msg and time (which win over fields of the same names).
-# Bounded: past the bound, shapes are sorted each time.
-cdef dict _key_orders = {}
+# The keys of a record in the order it is written (sorted), each with where its value is
+# (0 in the fields; 1-3 the record's own level, msg and time, which win over fields of those
+# names) and its text ready to copy ('"key":', with the comma before it past the first). The
+# same few record shapes come again and again: each order is remembered under a signature of
+# the fields' key set, made without allocating, and checked as it is used (every remembered
+# key present, as many fields as keys), so a signature shared by two shapes only costs a
+# sort. Bounded: past the bound, new shapes are sorted each time.
+@cython.final
+cdef class _KeyOrder:
+    cdef Py_ssize_t fields  # how many of the keys are the fields' (source 0)
+    cdef tuple keys
+    cdef bytes sources  # one byte per key: 0, or 1-3 for level, msg, time
+    cdef tuple texts
+
+
+cdef dict _key_orders = {}  # signature -> _KeyOrder
 cdef int KEY_ORDERS_MAX = 256
 cdef dict _OWN_KEYS = {"level": 1, "msg": 2, "time": 3}
 
 
-cdef tuple _key_order(dict fields):
-    cdef tuple shape = tuple(fields)
-    cdef tuple order = _key_orders.get(shape)
-    if order is None:
-        order = tuple([(key, _OWN_KEYS.get(key, 0)) for key in sorted(_OWN_KEYS.keys() | set(shape))])
-        if len(_key_orders) < KEY_ORDERS_MAX:
-            _key_orders[shape] = order
+cdef Py_hash_t _shape_signature(dict fields) except? -1:
+    """The same for any two dicts with the same keys, whatever their order."""
+    cdef Py_ssize_t position = 0
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef uint64_t mixed, signature = <uint64_t>PyDict_Size(fields)
+    while PyDict_Next(fields, &position, &key, &value):
+        mixed = <uint64_t>PyObject_Hash(<object>key)
+        mixed ^= mixed >> 29
+        mixed *= <uint64_t>0xbf58476d1ce4e5b9
+        signature += mixed ^ (mixed >> 32)
+    return <Py_hash_t>(signature & <uint64_t>0x7fffffffffffffff)
+
+
+cdef bytes _key_text(str key, bint first):
+    cdef _Out out
+    out.length, out.capacity = 0, 64
+    out.data = <char*>PyMem_Malloc(out.capacity)
+    if out.data == NULL:
+        raise MemoryError()
+    try:
+        _put(&out, b"{" if first else b",", 1)
+        _put_str(&out, key)
+        _put(&out, b":", 1)
+        return PyBytes_FromStringAndSize(out.data, out.length)
+    finally:
+        PyMem_Free(out.data)
+
+
+cdef _KeyOrder _sorted_order(dict fields):
+    cdef _KeyOrder order = _KeyOrder.__new__(_KeyOrder)
+    keys = sorted(_OWN_KEYS.keys() | set(fields))
+    order.keys = tuple(keys)
+    order.sources = bytes([_OWN_KEYS.get(key, 0) for key in keys])
+    order.texts = tuple([_key_text(key, index == 0) for index, key in enumerate(keys)])
+    order.fields = sum(1 for key in keys if key not in _OWN_KEYS)
     return order
+
+
+cdef int _put_record(_Out* out, _KeyOrder order, dict fields, str level, str msg, str time) except -1:
+    """The record in ``order``; 1 if a key of the order is not in ``fields`` (nothing is written then
+    that counts: the caller starts over)."""
+    cdef Py_ssize_t index
+    cdef PyObject* value
+    cdef const char* sources = PyBytes_AS_STRING(order.sources)
+    cdef char source
+    for index in range(PyTuple_GET_SIZE(order.keys)):
+        text = <bytes>PyTuple_GET_ITEM(order.texts, index)
+        _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+        source = sources[index]
+        if source == 0:
+            value = PyDict_GetItem(fields, <object>PyTuple_GET_ITEM(order.keys, index))
+            if value == NULL:
+                return 1
+            _put_value(out, <object>value)
+        else:
+            _put_str(out, level if source == 1 else msg if source == 2 else time)
+    _put(out, b"}\n", 2)
+    return 0
+
+
+cdef int _put_int(_Out* out, object value) except -1:
+    """A Python int's decimal digits, without a str in between when it fits 64 bits."""
+    cdef int overflow = 0
+    cdef long long number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    cdef unsigned long long magnitude
+    cdef char digits[24]
+    cdef int at = 24
+    if overflow:
+        text = str(value).encode("ascii")
+        return _put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+    magnitude = <unsigned long long>(-(number + 1)) + 1 if number < 0 else <unsigned long long>number
+    while True:
+        at -= 1
+        digits[at] = c'0' + <char>(magnitude % 10)
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    if number < 0:
+        at -= 1
+        digits[at] = b'-'
+    return _put(out, digits + at, 24 - at)
 
 
 def json_line(dict fields, str level, str msg, str time):
     cdef _Out out
-    cdef bint first = True
-    cdef int source
+    cdef Py_hash_t signature = _shape_signature(fields)
+    cdef _KeyOrder order = <_KeyOrder>_key_orders.get(signature)
     out.length, out.capacity = 0, 512
     out.data = <char*>PyMem_Malloc(out.capacity)
     if out.data == NULL:
         raise MemoryError()
     try:
-        _put(&out, b"{", 1)
-        for key, source in _key_order(fields):
-            if not first:
-                _put(&out, b",", 1)
-            first = False
-            _put_str(&out, key)
-            _put(&out, b":", 1)
-            if source == 0:
-                _put_value(&out, fields[key])
-            else:
-                _put_str(&out, level if source == 1 else msg if source == 2 else time)
-        _put(&out, b"}\n", 2)
+        if order is None or order.fields != PyDict_Size(fields) or _put_record(&out, order, fields, level, msg, time):
+            out.length = 0
+            order = _sorted_order(fields)
+            _put_record(&out, order, fields, level, msg, time)
+            if order.fields == PyDict_Size(fields) and len(_key_orders) < KEY_ORDERS_MAX:
+                _key_orders[signature] = order  # (a signature two shapes share: the latest one's)
         return PyBytes_FromStringAndSize(out.data, out.length)
     finally:
         PyMem_Free(out.data)

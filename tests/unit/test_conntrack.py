@@ -67,3 +67,12 @@ def test_idle_tunnels_are_chosen_and_shutdown_closes_all():
         ("api.example.com:443", "203.0.113.9:443", "connect")}
     track.close_all("shutting down")
     assert busy.active_at_termination and idle.relay.error == "shutting down"
+
+
+def test_a_close_field_the_path_never_set_is_written_empty():
+    track, _ = conntrack()
+    fields = {name: value for name, value in FIELDS.items() if name != "outbound_local_addr"}
+    tunnel = track.opened(fields, 100.0, object())
+    tunnel.relay = Relay(5.0)
+    tunnel(tunnel.relay)
+    assert track.records.closed[0]["outbound_local_addr"] == "" and track.records.closed[0]["role"] == "billing"

@@ -118,3 +118,14 @@ def test_timestamp_examples(impl):
     assert impl.rfc3339(1763769600.25) == "2025-11-22T00:00:00.25Z"
     assert impl.rfc3339(1763769600.9999999999) == "2025-11-22T00:00:01Z"
     assert impl.rfc3339(951782400.5) == "2000-02-29T00:00:00.5Z"
+
+
+@needs_core
+def test_remembered_orders_serve_only_their_own_key_set():
+    """A shape's order is remembered by its key set: the same keys in another order share it, and
+    a subset, a superset or another set of as many keys is written as the reference writes it."""
+    core = IMPLEMENTATIONS["core"]
+    shapes = ({"a": 1, "b": 2, "c": 3}, {"c": 3, "a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 3, "d": 4},
+              {"a": 1, "b": 2, "x": 3}, {"x": 1, "y": -2**70, "z": -9223372036854775808}, {"a": 1, "b": 2, "c": 3})
+    for fields in shapes * 2:
+        assert core.json_line(fields, "info", "m", TIME) == reference.json_line(fields, "info", "m", TIME)
