@@ -41,5 +41,5 @@ include "hot/record.pxi"
 include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
 include "hot/series.pxi"
-include "hot/tunnel.pxi"
-include "hot/accept.pxi"  # (after tunnel.pxi: it uses its socket declarations)
+include "hot/opening.pxi"
+include "hot/accept.pxi"  # (after opening.pxi: it uses its socket declarations)

@@ -507,8 +507,8 @@ class Opening:
 
     @guarded
     def admitted(self, verdict):
-        """Go on from admission's ``verdict``, already reached (by the compiled tunnel lane, which
-        hands over every request it does not carry through itself)."""
+        """Go on from admission's ``verdict``, already reached (by the compiled lane of
+        hot/opening.pxi, which hands over every request it does not carry through itself)."""
         self._admitted(verdict)
 
     def _admitted(self, verdict):

@@ -45,7 +45,7 @@ TunnelSeries = _implementation.TunnelSeries
 client_hello_sni = _implementation.client_hello_sni
 rfc3339 = _implementation.rfc3339
 json_line = _implementation.json_line
-open_tunnel = _implementation.open_tunnel
+open_upstream = _implementation.open_upstream
 parse_request_head = _implementation.parse_request_head
 parse_response_head = _implementation.parse_response_head
 poller_for = _implementation.poller_for
@@ -56,7 +56,7 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 __all__ = [
     "BufferedRelay", "COMPILED", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch",
     "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",
-    "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line", "open_tunnel", "parse_request_head",
+    "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line", "open_upstream", "parse_request_head",
     "accept_batch", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
 ]
 

@@ -30,7 +30,7 @@ from fastfog.connection import (
     peer_text,
 )
 from fastfog.exchange import Exchange
-from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, open_tunnel, parse_response_head, poller_for
+from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, open_upstream, parse_response_head, poller_for
 from fastfog.keepalive import KeepAlive
 from fastfog.limits import Limits
 from fastfog.admission import Admission
@@ -245,19 +245,9 @@ class Proxy:
     def _connect(self, conn, head):
         started = time.time()  # one reading: the record's start_time and the tunnel's duration
         fields = self.records.request_fields(conn, "connect", head, started)
-        open_tunnel(self, conn, head, fields, started)
-
-    def open_tunnel(self, conn, head, fields, started, verdict=None):
-        """A CONNECT's way to its tunnel through Opening, all of it (the compiled lane in
-        hot/tunnel.pxi carries the common case itself and hands the rest over here, with
-        admission's ``verdict`` once it has one)."""
-        opening = Opening(self, conn, head, fields, True,
-                          lambda upstream, answer, close: self.tunnel_opened(conn, head, fields, started, upstream,
-                                                                             answer, close))
-        if verdict is None:
-            opening.start()
-        else:
-            opening.admitted(verdict)
+        open_upstream(self, conn, head, fields, True, False,
+                      lambda upstream, answer, close: self.tunnel_opened(conn, head, fields, started, upstream, answer,
+                                                                         close))
 
     def tunnel_opened(self, conn, head, fields, started, upstream, answer, close):
         """A CONNECT's Opening is done: its tunnel (relayed, intercepted or chained), or its answer."""
@@ -522,7 +512,7 @@ class Proxy:
             self.records.started(fields)
             self._exchange(conn, head, fields, upstream, started)
 
-        Opening(self, conn, head, fields, False, opened, head.version != "1.0").start()
+        open_upstream(self, conn, head, fields, False, head.version != "1.0", opened)
 
     def _exchange(self, conn, head, fields, upstream, started):
         """Forward the request over ``upstream``. A pooled connection that the server had closed

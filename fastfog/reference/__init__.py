@@ -22,11 +22,11 @@ from fastfog.reference.httphead import (
 from fastfog.reference.record import IdSource, json_line, rfc3339
 from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for
 from fastfog.reference.series import Count, Histogram, TunnelSeries
-from fastfog.reference.tunnel import open_tunnel
+from fastfog.reference.opening import open_upstream
 
 __all__ = [
     "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgePoller", "EdgeWatch",
     "HeadError", "Histogram", "HostGlobSet", "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries",
-    "accept_batch", "client_hello_sni", "json_line", "open_tunnel", "parse_request_head", "parse_response_head",
+    "accept_batch", "client_hello_sni", "json_line", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "rewrite_head", "rfc3339",
 ]

@@ -245,6 +245,16 @@ def test_errors_keep_the_connection_usable(start_proxy, http_origin, target, sta
         assert read_response(sock)[0].status == 200
 
 
+def test_a_failed_dial_for_a_request_with_a_body_closes_the_connection(start_proxy, http_origin):
+    """The body was never read: the 502 says Connection: close, and the connection ends."""
+    proxy = start_proxy()
+    answer = exchange(proxy.address, request(f"http://{ORIGIN}:1/", method="POST", body=b"x" * 1000))
+    assert answer.startswith(b"HTTP/1.1 502 Bad gateway\r\n")
+    assert b"\r\nConnection: close\r\n" in answer and b"connect: connection refused" in answer
+    record = proxy.records("CANONICAL-PROXY-DECISION", wait_for=1)[0]
+    assert (record["status_code"], record["allow"]) == (502, True)
+
+
 def test_https_urls_are_not_forwarded(start_proxy):
     proxy = start_proxy()
     answer = exchange(proxy.address, request(f"https://{ORIGIN}/"))

@@ -93,7 +93,7 @@ def test_type_stubs_describe_both_implementations(impl):
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
                         "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for", "Count",
-                        "Histogram", "TunnelSeries", "open_tunnel", "accept_batch"}
+                        "Histogram", "TunnelSeries", "open_upstream", "accept_batch"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {

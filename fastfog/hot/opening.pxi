@@ -1,16 +1,16 @@
-# The common CONNECT, compiled: from admission's verdict to the tunnel's hand-over,
-# with the dial made by system calls from C. Twin: fastfog/reference/tunnel.py.
+# A request's way to its upstream, compiled: from admission's verdict to a connected
+# upstream, with the dial made by system calls from C. Twin: fastfog/reference/opening.py.
 #
-# The lane carries a CONNECT that is admitted, dialed directly (no upstream
-# proxy), not held for an access-request webhook, and whose host is an IP
-# literal or a name the DNS cache answers with an address the policy allows.
-# It checks all of that before it does anything that leaves a trace; any other
-# request goes to Proxy.open_tunnel (Opening, in connection.py) with
-# admission's verdict, and is served exactly as the pure-Python build serves
-# it. Past that point the lane makes Opening's calls in Opening's order:
-# records.decided, the resolver and address metrics, the dial and its metrics,
-# and for a dial that fails or times out, the same answer through the same
-# functions. The dialed tunnel goes to Proxy.tunnel_opened, as Opening's does.
+# The lane carries a CONNECT or a forwarded request that is admitted, dialed
+# directly (no upstream proxy), not held for an access-request webhook, and whose
+# host is an IP literal or a name the DNS cache answers with an address the
+# policy allows. It checks all of that before it does anything that leaves a
+# trace; any other request goes to connection.Opening with admission's verdict,
+# and is served exactly as the pure-Python build serves it. Past that point the
+# lane makes Opening's calls in Opening's order: records.decided, the resolver
+# and address metrics, a pooled connection or the dial and its metrics, and for
+# a dial that fails or times out, the same answer through the same functions;
+# then ``done(upstream, answer, close)``, as Opening calls it.
 
 cdef extern from "<sys/socket.h>":
     ctypedef unsigned int socklen_t
@@ -64,13 +64,14 @@ import _socket as _socket_type  # the C socket type: socket.socket's Python-leve
 
 # Imported at first use (_import_lane): those modules import fastfog.hotpaths, which imports this one.
 cdef object _Admitted = None
-cdef object _Upstream, _count_dial, _dial_failure, _unexpected_failure
+cdef object _Opening, _Upstream, _count_dial, _dial_failure, _unexpected_failure
 
 
 cdef _import_lane():
-    global _Admitted, _Upstream, _count_dial, _dial_failure, _unexpected_failure
-    from fastfog.connection import Upstream, count_dial, dial_failure, unexpected_failure
-    _Upstream, _count_dial, _dial_failure, _unexpected_failure = Upstream, count_dial, dial_failure, unexpected_failure
+    global _Admitted, _Opening, _Upstream, _count_dial, _dial_failure, _unexpected_failure
+    from fastfog import connection
+    _Opening, _Upstream, _count_dial = connection.Opening, connection.Upstream, connection.count_dial
+    _dial_failure, _unexpected_failure = connection.dial_failure, connection.unexpected_failure
     from fastfog.admission import Admitted
     _Admitted = Admitted
 
@@ -85,18 +86,18 @@ cdef str _address_text(const sockaddr_storage* address):
     return f"[{text.decode('ascii')}]:{ntohs((<const sockaddr_in6*>address).sin6_port)}"
 
 
-def open_tunnel(proxy, conn, head, dict fields, double started):
-    """Open the tunnel a CONNECT asks for, or answer it (see above)."""
+def open_upstream(proxy, conn, head, dict fields, bint connect, bint reuse, done):
+    """Decide, resolve, classify and dial for one request, then ``done(upstream, answer, close)``
+    (see connection.Opening, whose arguments these are)."""
     if _Admitted is None:
         _import_lane()
     try:
-        verdict = proxy.admission.admit(conn, head, True)
+        verdict = proxy.admission.admit(conn, head, connect)
     except Exception as err:  # a bug: this request's 500, as Opening answers it
-        proxy.tunnel_opened(conn, head, fields, started, None,
-                            _unexpected_failure(proxy, head, fields, None, 0, err), True)
+        done(None, _unexpected_failure(proxy, head, fields, None, 0, err), True)
         return
     if type(verdict) is not _Admitted or verdict.via is not None:
-        proxy.open_tunnel(conn, head, fields, started, verdict)
+        _Opening(proxy, conn, head, fields, connect, done, reuse).admitted(verdict)
         return
     cdef double lookup_started = _monotonic()
     host = verdict.host
@@ -113,19 +114,26 @@ def open_tunnel(proxy, conn, head, dict fields, double started):
     except Exception:  # a cached lookup failure (or a bug): Opening meets it again, and answers it
         pick = None
     if pick is None or not pick.allowed:
-        proxy.open_tunnel(conn, head, fields, started, verdict)
+        _Opening(proxy, conn, head, fields, connect, done, reuse).admitted(verdict)
         return
-    _TunnelDial(proxy, conn, head, fields, started, verdict, pick, named, lookup_started).dial()
+    cdef _LaneOpening opening = _LaneOpening(proxy, conn, head, fields, verdict, pick, named, lookup_started)
+    opening.connect, opening.reuse, opening.done = connect, reuse, done
+    # As Opening: a forwarded request's refusals leave the connection open unless a body is unread.
+    opening.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
+    opening.open()
 
 
 @cython.final
-cdef class _TunnelDial:
-    """One lane CONNECT from its verdict to its relay: the dial, its end, the hand-over."""
+cdef class _LaneOpening:
+    """One lane request from its verdict to its upstream: a pooled connection or the dial."""
     cdef object proxy
     cdef object conn
     cdef object head
     cdef dict fields
-    cdef double started
+    cdef bint connect
+    cdef bint reuse
+    cdef bint close  # whether a failure's answer closes the connection
+    cdef object done
     cdef object verdict
     cdef object pick
     cdef bint named
@@ -138,13 +146,12 @@ cdef class _TunnelDial:
     cdef object timer
     cdef double dial_started
 
-    def __init__(self, proxy, conn, head, dict fields, double started, verdict, pick, bint named,
-                 double lookup_started):
-        self.proxy, self.conn, self.head, self.fields, self.started = proxy, conn, head, fields, started
+    def __init__(self, proxy, conn, head, dict fields, verdict, pick, bint named, double lookup_started):
+        self.proxy, self.conn, self.head, self.fields = proxy, conn, head, fields
         self.verdict, self.pick, self.named, self.lookup_started = verdict, pick, named, lookup_started
         self.fd = -1
 
-    cdef dial(self):
+    cdef open(self):
         proxy = self.proxy
         try:
             # What Opening._admitted and _resolved leave behind, in their order.
@@ -159,6 +166,14 @@ cdef class _TunnelDial:
             if self.named:
                 metrics.observe("resolver.lookup_time", (_monotonic() - self.lookup_started) * 1000)
             metrics.incr(self.pick.address_class.metric)
+            if self.reuse:
+                pooled = proxy.pool.take(self.pick.address, self.verdict.port)
+                if pooled is not None:
+                    self.sock, self.watch, names = pooled
+                    self.fd = self.sock.fileno()
+                    self.dial_started = _monotonic()
+                    self._ended(0, names)
+                    return
             self._connect()
         except Exception as err:  # a bug: contained to this request, as Opening contains its own
             self._unexpected(err)
@@ -192,11 +207,11 @@ cdef class _TunnelDial:
             c_setsockopt(self.fd, level, name, &value, sizeof(value))
         self.dial_started = _monotonic()
         if c_connect(self.fd, <sockaddr*>&address, length) == 0:
-            self._ended(0)
+            self._ended(0, None)
             return
         error = errno
         if error != EINPROGRESS and error != EAGAIN and error != EINTR:
-            self._ended(error)
+            self._ended(error, None)
             return
         proxy = self.proxy
         timeout = proxy.config.connect_timeout
@@ -218,7 +233,7 @@ cdef class _TunnelDial:
             # Only an edge that said error or hang-up can carry a failed connect: ask for it then.
             if self.watch.hung_up and c_getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0:
                 error = errno
-            self._ended(error)
+            self._ended(error, None)
         except Exception as err:
             self._unexpected(err)
 
@@ -231,11 +246,13 @@ cdef class _TunnelDial:
         except Exception as err:
             self._unexpected(err)
 
-    cdef _ended(self, int error):
+    cdef _ended(self, int error, tuple pooled_names):
+        """The dial's end (``error``, an errno or 0), or a pooled connection's names."""
         cdef sockaddr_storage local
         cdef socklen_t length = sizeof(local)
         proxy, conn, fields = self.proxy, self.conn, self.fields
-        _count_dial(proxy, error, self.dial_started)
+        if pooled_names is None:
+            _count_dial(proxy, error, self.dial_started)
         if error:
             self._close_upstream()
             self._failed(error)
@@ -244,25 +261,29 @@ cdef class _TunnelDial:
             self._close_upstream()
             self._abandon()
             return
-        if c_getsockname(self.fd, <sockaddr*>&local, &length) != 0:
-            raise OSError(errno, strerror(errno).decode())
+        if self.watch is None and not self.connect:  # connected at once, without an edge
+            self.watch = EdgeWatch(proxy.poller, self.fd)
         address, port = self.pick.address, self.verdict.port
-        # The remote end is the address dialed (canonical text already): no need to ask the kernel.
-        names = (_address_text(&local), f"[{address}]:{port}" if self.family == AF_INET6 else f"{address}:{port}")
+        if pooled_names is not None:
+            names = pooled_names
+        else:
+            if c_getsockname(self.fd, <sockaddr*>&local, &length) != 0:
+                raise OSError(errno, strerror(errno).decode())
+            # The remote end is the address dialed (canonical text already): no need to ask the kernel.
+            names = (_address_text(&local), f"[{address}]:{port}" if self.family == AF_INET6 else f"{address}:{port}")
         fields["outbound_local_addr"], fields["outbound_remote_addr"] = names
         connect_ms = <int>((_monotonic() - self.dial_started) * 1000)
         verdict = self.verdict
         upstream = _Upstream(self.sock, self.watch, verdict.decision, self.lookup_ms, connect_ms, address, None, port,
-                            False, verdict.role, verdict.requested, names)
-        self.watch = None
-        proxy.tunnel_opened(conn, self.head, fields, self.started, upstream, None, False)
+                             pooled_names is not None, verdict.role, verdict.requested, names)
+        self.done(upstream, None, False)
 
     cdef _failed(self, error):
         status, message = _dial_failure(error, self.pick.address, self.verdict.port)
         proxy = self.proxy
         answer = proxy.records.failed(self.head, self.fields, self.verdict.decision, self.lookup_ms, status, message,
-                                      True)
-        self._answer(answer)
+                                      self.close)
+        self._answer(answer, self.close)
 
     cdef _unexpected(self, err):
         self._close_upstream()
@@ -270,16 +291,15 @@ cdef class _TunnelDial:
             self.timer.cancel()
             self.timer = None
         decision = self.verdict.decision
-        self._answer(_unexpected_failure(self.proxy, self.head, self.fields, decision, self.lookup_ms, err))
+        self._answer(_unexpected_failure(self.proxy, self.head, self.fields, decision, self.lookup_ms, err), True)
 
     cdef _abandon(self):
         """The client went away (or shutdown closed it) meanwhile: release, and close it."""
-        self._answer(None)
+        self._answer(None, True)
 
-    cdef _answer(self, answer):
-        proxy = self.proxy
-        proxy.limits.release(self.verdict.role)
-        proxy.tunnel_opened(self.conn, self.head, self.fields, self.started, None, answer, True)
+    cdef _answer(self, answer, bint close):
+        self.proxy.limits.release(self.verdict.role)
+        self.done(None, answer, close)
 
     cdef _close_upstream(self):
         if self.watch is not None:
