@@ -27,7 +27,6 @@ from fastfog.acl import (
     port_problem,
 )
 from fastfog.classify import Host, canonical_host
-from fastfog.forward import header_value
 from fastfog.roles import RequestView
 
 UPSTREAM_PROXY_HEADER = b"x-upstream-https-proxy"
@@ -99,7 +98,7 @@ class Admission:
         refusal = self.limits.admit(role, connect)
         if refusal is not None:
             return Refused(role, refusal, None, False, error)
-        upstream_proxy = header_value(head.headers, UPSTREAM_PROXY_HEADER) if connect else None
+        upstream_proxy = head.header(UPSTREAM_PROXY_HEADER) if connect else None
         decision = self.decide(role, role_error, requested, head.port, upstream_proxy, connect)
         if not decision.allow:
             return Refused(role, decision, decision, role_problem, error)
@@ -128,7 +127,7 @@ class Admission:
         if config.role_plugin is not None:
             return self._plugin_role(client, head)
         if config.auth is not None:
-            header = header_value(head.headers, b"proxy-authorization")
+            header = head.header(b"proxy-authorization")
             if header is None:
                 return ("", None, "") if config.allow_missing_role else ("", AUTH_REQUIRED, "")
             role = config.auth.role_of(header)

@@ -21,19 +21,11 @@ REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def header_value(headers, lowercase_name):
-    """The first header called ``lowercase_name`` (any case), as str, or None."""
-    for name, value in headers:
-        if len(name) == len(lowercase_name) and name.lower() == lowercase_name:
-            return value.decode("latin-1")
-    return None
-
-
 def expects_continue(head):
     """An HTTP/1.1 request with a body whose client waits for ``100 Continue`` before sending it."""
     if head.version == "1.0" or not (head.content_length or head.chunked):
         return False
-    expect = header_value(head.headers, b"expect")
+    expect = head.header(b"expect")
     return expect is not None and expect.strip(" \t").lower() == "100-continue"
 RESPONSE_ONLY = frozenset({b"x-smokescreen-error"})
 

@@ -170,10 +170,11 @@ class InterceptedHead:
     goes to the CONNECT's host and port (an absolute-form one names its own), over https."""
 
     __slots__ = ("method", "target", "version", "headers", "form", "scheme", "host", "port", "authority", "path",
-                 "content_length", "chunked", "keep_alive")
+                 "content_length", "chunked", "keep_alive", "header")
 
     def __init__(self, head, interception):
         self.method, self.target, self.version, self.headers = head.method, head.target, head.version, head.headers
+        self.header = head.header
         self.content_length, self.chunked, self.keep_alive = head.content_length, head.chunked, head.keep_alive
         self.form, self.scheme = "absolute", "https"
         if head.form == "absolute":

@@ -13,7 +13,6 @@ from fastfog import logs, responses
 from fastfog.acl import AUTH_REQUIRED
 from fastfog.admission import BadRequest
 from fastfog.conntrack import CLOSE_FIELDS
-from fastfog.forward import header_value
 from fastfog.limits import Refusal
 
 TRACE_HEADER = b"x-smokescreen-trace-id"
@@ -72,7 +71,7 @@ class Records:
             "proxy_type": proxy_type,
             "requested_host": head.authority,
             "start_time": logs.rfc3339(started or time.time()),
-            "trace_id": header_value(head.headers, TRACE_HEADER) or "",
+            "trace_id": head.header(TRACE_HEADER) or "",
         }
         if conn.x509_fields is not None:
             fields.update(conn.x509_fields)

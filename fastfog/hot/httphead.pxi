@@ -110,6 +110,28 @@ cdef class _Head:
         self.headers = []
         self._length = -1
 
+    cpdef header(self, bytes lowercase_name):
+        """The first header called ``lowercase_name`` (any case), as str, or None."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(lowercase_name), index
+        cdef const unsigned char* wanted = <const unsigned char*>PyBytes_AS_STRING(lowercase_name)
+        cdef const unsigned char* name
+        cdef unsigned char c
+        for item in self.headers:
+            key = <bytes>(<tuple>item)[0]
+            if PyBytes_GET_SIZE(key) != size:
+                continue
+            name = <const unsigned char*>PyBytes_AS_STRING(key)
+            for index in range(size):
+                c = name[index]
+                if c >= b'A' and c <= b'Z':
+                    c += 32
+                if c != wanted[index]:
+                    break
+            else:
+                value = <bytes>(<tuple>item)[1]
+                return PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL)
+        return None
+
 
 cdef class RequestHead(_Head):
     """A parsed request head (see fastfog.reference.httphead.RequestHead)."""

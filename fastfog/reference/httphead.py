@@ -58,7 +58,20 @@ def _only(data, allowed):
     return bool(data) and not data.translate(None, allowed)
 
 
-class RequestHead:
+class _Head:
+    """What request and response heads share (their own fields are each class's slots)."""
+
+    __slots__ = ()
+
+    def header(self, lowercase_name):
+        """The first header called ``lowercase_name`` (any case), as str, or None."""
+        for name, value in self.headers:
+            if len(name) == len(lowercase_name) and name.lower() == lowercase_name:
+                return value.decode("latin-1")
+        return None
+
+
+class RequestHead(_Head):
     """A parsed request head.
 
     ``form`` is ``"authority"`` (CONNECT), ``"absolute"``, ``"origin"`` or
@@ -93,7 +106,7 @@ class RequestHead:
         return f"<RequestHead {self.method} {self.target} HTTP/{self.version}>"
 
 
-class ResponseHead:
+class ResponseHead(_Head):
     """A parsed response head."""
 
     __slots__ = ("version", "status", "reason", "headers", "head_end",

@@ -242,3 +242,27 @@ def test_cut_anywhere_a_valid_head_is_incomplete(data):
     for impl in IMPLEMENTATIONS.values():
         for cut in range(head_end):
             assert outcome(impl.parse_request_head, data[:cut]) == ("incomplete",)
+
+
+NAMES = ["x-smokescreen-trace-id", "proxy-authorization", "expect", "host", "x-upstream-https-proxy"]
+
+
+VALUE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F)) + "\t\xe9\xff"
+
+
+@given(headers=st.lists(st.tuples(st.sampled_from(NAMES + ["X-SmokeScreen-Trace-ID", "EXPECT", "hosts", "x"]) | tokens,
+                                  st.text(VALUE_CHARS, max_size=10).map(lambda value: value.strip(" \t"))),
+                        max_size=8),
+       wanted=st.sampled_from(NAMES) | tokens.map(str.lower))
+def test_header_lookup_agrees_with_a_plain_scan(headers, wanted):
+    """head.header(name): the first header of that name in any case, as str (Latin-1), both
+    implementations, against a scan written here."""
+    raw = b"CONNECT a:1 HTTP/1.1\r\n" + b"".join(f"{name}: {value}\r\n".encode("latin-1")
+                                                  for name, value in headers) + b"\r\n"
+    expected = next((value for name, value in headers if name.lower() == wanted), None)
+    try:
+        reference.parse_request_head(raw)
+    except reference.HeadError:  # (two Host headers, a bad Content-Length, ...: no head to ask)
+        assume(False)
+    for impl in IMPLEMENTATIONS.values():
+        assert impl.parse_request_head(raw).header(wanted.encode()) == expected
