@@ -87,6 +87,12 @@ def x509_fields(peer_certificate):
     return found
 
 
+def body_unread(head):
+    """Whether answering ``head`` without forwarding it must close the connection: a body of
+    its is still unread, or its client asked for the close."""
+    return bool(head.content_length) or head.chunked or not head.keep_alive
+
+
 def dial_failure(error, address, port):
     """A failed dial's answer status and message (errno ``error``, or None: it timed out)."""
     target = peer_text((address, port))
@@ -495,7 +501,7 @@ class Opening:
         self.proxy, self.conn, self.head, self.fields = proxy, conn, head, fields
         self.connect, self.done = connect, done
         self.reuse = reuse
-        self.body_close = bool(head.content_length) or head.chunked or not head.keep_alive
+        self.body_close = body_unread(head)
         self.close = connect or self.body_close
         self.decision = self.via = self.address = self.upstream = self.watch = self._timer = self.role = None
         self.lookup_ms = 0

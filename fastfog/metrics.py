@@ -138,7 +138,6 @@ class Metrics:
         self.statsd = statsd
         self.max_roles = max_roles
         self._roles = {}  # metric name -> {raw role: label value}
-        self._labels = {}  # (event, role, project, ...) -> its labels, made once (bounded)
         self._acl = {}  # (role, project, default rule, result) -> (its Count, its labels) (bounded)
         self._tunnels = {}  # (role, project) -> (its TunnelSeries, its labels) (bounded)
         self._until_counted = {}  # (name, labels) -> Count of a counter exported once it is not 0

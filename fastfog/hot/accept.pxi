@@ -36,7 +36,7 @@ def accept_batch(listener, int limit, take):
     cdef int fd, index = 0
     cdef sockaddr_storage address
     cdef socklen_t length
-    if family != AF_INET and family != AF_INET6:
+    if family != AF_INET and family != AF_INET6:  # (a UNIX listener, say: taken the plain way)
         return _accept_batch_reference(listener, limit, take)
     while index < limit:
         length = sizeof(address)

@@ -64,14 +64,15 @@ import _socket as _socket_type  # the C socket type: socket.socket's Python-leve
 
 # Imported at first use (_import_lane): those modules import fastfog.hotpaths, which imports this one.
 cdef object _Admitted = None
-cdef object _Opening, _Upstream, _count_dial, _dial_failure, _unexpected_failure
+cdef object _Opening, _Upstream, _body_unread, _count_dial, _dial_failure, _unexpected_failure
 
 
 cdef _import_lane():
-    global _Admitted, _Opening, _Upstream, _count_dial, _dial_failure, _unexpected_failure
+    global _Admitted, _Opening, _Upstream, _body_unread, _count_dial, _dial_failure, _unexpected_failure
     from fastfog import connection
-    _Opening, _Upstream, _count_dial = connection.Opening, connection.Upstream, connection.count_dial
-    _dial_failure, _unexpected_failure = connection.dial_failure, connection.unexpected_failure
+    _Opening, _Upstream, _body_unread = connection.Opening, connection.Upstream, connection.body_unread
+    _count_dial, _dial_failure, _unexpected_failure = (connection.count_dial, connection.dial_failure,
+                                                       connection.unexpected_failure)
     from fastfog.admission import Admitted
     _Admitted = Admitted
 
@@ -116,11 +117,7 @@ def open_upstream(proxy, conn, head, dict fields, bint connect, bint reuse, done
     if pick is None or not pick.allowed:
         _Opening(proxy, conn, head, fields, connect, done, reuse).admitted(verdict)
         return
-    cdef _LaneOpening opening = _LaneOpening(proxy, conn, head, fields, verdict, pick, named, lookup_started)
-    opening.connect, opening.reuse, opening.done = connect, reuse, done
-    # As Opening: a forwarded request's refusals leave the connection open unless a body is unread.
-    opening.close = connect or bool(head.content_length) or head.chunked or not head.keep_alive
-    opening.open()
+    _LaneOpening(proxy, conn, head, fields, connect, reuse, done, verdict, pick, named, lookup_started).open()
 
 
 @cython.final
@@ -146,8 +143,11 @@ cdef class _LaneOpening:
     cdef object timer
     cdef double dial_started
 
-    def __init__(self, proxy, conn, head, dict fields, verdict, pick, bint named, double lookup_started):
+    def __init__(self, proxy, conn, head, dict fields, bint connect, bint reuse, done, verdict, pick, bint named,
+                 double lookup_started):
         self.proxy, self.conn, self.head, self.fields = proxy, conn, head, fields
+        self.connect, self.reuse, self.done = connect, reuse, done
+        self.close = connect or _body_unread(head)  # as Opening's: a CONNECT's failures always close
         self.verdict, self.pick, self.named, self.lookup_started = verdict, pick, named, lookup_started
         self.fd = -1
 
