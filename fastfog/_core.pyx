@@ -9,6 +9,7 @@ own Python, called from here, so they are written once.
 """
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -42,4 +43,5 @@ include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
 include "hot/series.pxi"
 include "hot/opening.pxi"
+include "hot/exchange.pxi"
 include "hot/accept.pxi"  # (after opening.pxi: it uses its socket declarations)

@@ -174,7 +174,7 @@ class ClientConnection:
     @property
     def deadline(self):
         """The connection's timer (a deadline.Deadline): the head's, then the exchange's phases
-        (exchange.py); made on first use."""
+        (hotpaths.Exchange); made on first use."""
         deadline = self._deadline
         if deadline is None:
             deadline = self._deadline = Deadline(self.loop)

@@ -53,6 +53,15 @@ rewrite_head = _implementation.rewrite_head
 
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
 
+
+def __getattr__(name):
+    """``Exchange``, bound at first use: the reference's imports (connection, forward) import this module."""
+    if name != "Exchange":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    found = globals()[name] = _implementation.Exchange
+    return found
+
+
 __all__ = [
     "BufferedRelay", "COMPILED", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch",
     "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",

@@ -29,8 +29,15 @@ from fastfog.connection import (
     ProxyHeader,
     peer_text,
 )
-from fastfog.exchange import Exchange
-from fastfog.hotpaths import BufferedRelay, HeadError, SpliceRelay, open_upstream, parse_response_head, poller_for
+from fastfog.hotpaths import (
+    BufferedRelay,
+    Exchange,
+    HeadError,
+    SpliceRelay,
+    open_upstream,
+    parse_response_head,
+    poller_for,
+)
 from fastfog.keepalive import KeepAlive
 from fastfog.limits import Limits
 from fastfog.admission import Admission
@@ -497,7 +504,7 @@ class Proxy:
     # --- plain-HTTP forwarding -----------------------------------------------------------
 
     def _forward(self, conn, head):
-        """An absolute-form request: decide and open an upstream, then the exchange (exchange.py)."""
+        """An absolute-form request: decide and open an upstream, then the exchange (hotpaths.Exchange)."""
         started = time.time()
         fields = self.records.request_fields(conn, "http", head, started)
         if head.scheme != "http":

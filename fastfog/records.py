@@ -4,7 +4,7 @@ Each event of a request's life is turned here, in one place, into everything
 it produces besides bytes on the wire to its upstream: its log record (with
 Smokescreen's fields and messages), the answer the client gets when the
 request ends there, the metric increments and the webhook events. The
-transport (connection.py, proxy.py, exchange.py) only says what happened.
+transport (connection.py, proxy.py, the exchange) only says what happened.
 """
 
 import time

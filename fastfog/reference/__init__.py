@@ -24,6 +24,18 @@ from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_f
 from fastfog.reference.series import Count, Histogram, TunnelSeries
 from fastfog.reference.opening import open_upstream
 
+
+
+def __getattr__(name):
+    """``Exchange``, imported at first use: its module imports fastfog.connection, which imports
+    fastfog.hotpaths, which imports this package."""
+    if name != "Exchange":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fastfog.reference.exchange import Exchange
+
+    return Exchange
+
+
 __all__ = [
     "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgePoller", "EdgeWatch",
     "HeadError", "Histogram", "HostGlobSet", "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries",

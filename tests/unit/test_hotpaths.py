@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_type_stubs_describe_both_implementations(impl):
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
                         "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for", "Count",
-                        "Histogram", "TunnelSeries", "open_upstream", "accept_batch"}
+                        "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -110,6 +111,7 @@ def test_type_stubs_describe_both_implementations(impl):
         "Histogram": impl.Histogram((1, 2)),
         "TunnelSeries": impl.TunnelSeries(impl.Count(), impl.Count(), impl.Histogram((1,)), impl.Histogram((1,)),
                                           impl.Histogram((1,))),
+        "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
     }
     samples["EdgeWatch"].forget()
     samples["SpliceRelay"].close()

@@ -1,4 +1,5 @@
-"""One forwarded HTTP request over a dialed upstream, driven by loop callbacks.
+"""One forwarded HTTP request over a dialed upstream, driven by loop callbacks: the twin of
+fastfog/hot/exchange.pxi, which ``fastfog.hotpaths.Exchange`` is in the compiled build.
 
 The request head (rewritten by ``forward``) and its body go up, then the
 response head and body come down, each body streamed in the pieces it
@@ -26,7 +27,7 @@ send a body-less request again on a new one.
 from fastfog import forward, responses
 from fastfog.connection import READ_SIZE, guarded
 from fastfog.errors import HeadError
-from fastfog.hotpaths import parse_response_head
+from fastfog.reference.httphead import parse_response_head
 
 
 def take(body, buffer):
