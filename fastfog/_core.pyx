@@ -43,5 +43,8 @@ include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
 include "hot/series.pxi"
 include "hot/opening.pxi"
+include "hot/deadline.pxi"
+include "hot/transport.pxi"
+include "hot/client.pxi"
 include "hot/exchange.pxi"
 include "hot/accept.pxi"  # (after opening.pxi: it uses its socket declarations)

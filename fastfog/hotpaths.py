@@ -34,6 +34,7 @@ BufferedRelay = _implementation.BufferedRelay
 accept_batch = _implementation.accept_batch
 CidrTable = _implementation.CidrTable
 Count = _implementation.Count
+Deadline = _implementation.Deadline
 EdgeWatch = _implementation.EdgeWatch
 Histogram = _implementation.Histogram
 HostGlobSet = _implementation.HostGlobSet
@@ -50,23 +51,25 @@ parse_request_head = _implementation.parse_request_head
 parse_response_head = _implementation.parse_response_head
 poller_for = _implementation.poller_for
 rewrite_head = _implementation.rewrite_head
+still_open = _implementation.still_open
 
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
 
 
 def __getattr__(name):
-    """``Exchange``, bound at first use: the reference's imports (connection, forward) import this module."""
-    if name != "Exchange":
+    """``ClientConnection`` and ``Exchange``, bound at first use: the reference's imports
+    (connection, forward) import this module."""
+    if name not in ("ClientConnection", "Exchange"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    found = globals()[name] = _implementation.Exchange
+    found = globals()[name] = getattr(_implementation, name)
     return found
 
 
 __all__ = [
-    "BufferedRelay", "COMPILED", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgeWatch",
-    "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",
+    "BufferedRelay", "COMPILED", "Count", "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable",
+    "EdgeWatch", "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",
     "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line", "open_upstream", "parse_request_head",
-    "accept_batch", "parse_response_head", "poller_for", "rewrite_head", "rfc3339",
+    "accept_batch", "parse_response_head", "poller_for", "rewrite_head", "rfc3339", "still_open",
 ]
 
 

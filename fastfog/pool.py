@@ -15,8 +15,9 @@ transport does: it neither lingers half-closed nor holds a file descriptor;
 and a last look when it is taken catches what arrived since.
 """
 
-import socket
 import time
+
+from fastfog.hotpaths import still_open
 
 DEFAULT_MAX_IDLE = 100
 DEFAULT_MAX_IDLE_PER_HOST = 100
@@ -65,7 +66,7 @@ class UpstreamPool:
             self._count -= 1
             if idle.watch is not None:
                 idle.watch.cancel()
-            if now - idle.since < self.idle_seconds and _still_open(idle.sock):
+            if now - idle.since < self.idle_seconds and still_open(idle.sock):
                 return idle.sock, idle.watch, idle.names
             idle.close()
         return None
@@ -101,13 +102,3 @@ class UpstreamPool:
         self._idle.clear()
         self._count = 0
 
-
-def _still_open(sock):
-    """An idle connection is usable while it has nothing to read: no end of stream, no stray bytes."""
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False

@@ -23,7 +23,6 @@ from fastfog.classify import AddressPolicy
 from fastfog.conntrack import Conntrack
 from fastfog.connection import (
     READ_SIZE,
-    ClientConnection,
     Handshake,
     Opening,
     ProxyHeader,
@@ -31,6 +30,7 @@ from fastfog.connection import (
 )
 from fastfog.hotpaths import (
     BufferedRelay,
+    ClientConnection,
     Exchange,
     HeadError,
     SpliceRelay,

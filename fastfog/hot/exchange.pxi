@@ -8,20 +8,6 @@
 # is a number rather than a bound method. Calls into Python remain for what is
 # the rest of the proxy's: the records, the pool, the limits, the deadline.
 
-# Imported at first use (_import_exchange): those modules import fastfog.hotpaths, which imports this one.
-cdef object _forward = None
-cdef object _responses, _LengthBody, _UntilClose
-cdef Py_ssize_t _READ_SIZE
-
-
-cdef _import_exchange():
-    global _forward, _responses, _LengthBody, _UntilClose, _READ_SIZE
-    from fastfog import forward, responses
-    from fastfog.connection import READ_SIZE
-    _forward, _responses, _READ_SIZE = forward, responses, READ_SIZE
-    _LengthBody, _UntilClose = forward.LengthBody, forward.UntilClose
-
-
 cdef enum:  # a body's framing
     _BY_LENGTH  # Content-Length, or none: counted in _remaining
     _BY_CHUNKS  # forward's ChunkedBody, in _chunks
@@ -31,32 +17,6 @@ cdef enum:  # what follows the bytes of a message
     _THEN_REQUEST_SENT
     _THEN_READ_RESPONSE
     _THEN_RESPONSE_SENT
-
-
-cdef inline object _watch_receive(object watch, object sock, object callback):
-    if type(watch) is EdgeWatch:
-        return (<EdgeWatch>watch).receive(sock, _READ_SIZE, callback)
-    return watch.receive(sock, _READ_SIZE, callback)
-
-
-cdef inline bint _watch_writable(object watch) except -1:
-    if type(watch) is EdgeWatch:
-        return (<EdgeWatch>watch).writable
-    return bool(watch.writable)
-
-
-cdef inline _watch_wait_write(object watch, object callback):
-    if type(watch) is EdgeWatch:
-        (<EdgeWatch>watch).wait_write(callback)
-    else:
-        watch.wait_write(callback)
-
-
-cdef inline _watch_cancel(object watch):
-    if type(watch) is EdgeWatch:
-        (<EdgeWatch>watch).cancel()
-    else:
-        watch.cancel()
 
 
 @cython.final
@@ -77,7 +37,7 @@ cdef class Exchange:
 
     def __init__(self, proxy, conn, head, fields, upstream, started, stale):
         if _forward is None:
-            _import_exchange()
+            _import_transport()
         self.proxy, self.conn, self.head, self.fields, self.upstream = proxy, conn, head, fields, upstream
         self.started, self.stale = started, stale
         self._client_watch = conn.watch()
@@ -137,7 +97,7 @@ cdef class Exchange:
                 if response is not None:
                     break
             try:
-                data = _watch_receive(watch, sock, self._response_ready)
+                data = _watch_receive(watch, sock, _READ_SIZE, self._response_ready)
             except ConnectionResetError:
                 data = b""
             except OSError as err:
@@ -283,7 +243,7 @@ cdef class Exchange:
                 self._next()
                 return
             try:
-                data = _watch_receive(self._source_watch, source, self._pump_ready)
+                data = _watch_receive(self._source_watch, source, _READ_SIZE, self._pump_ready)
             except OSError:
                 data = b""
             if data is None:

@@ -55,6 +55,8 @@ cdef extern from "<sys/socket.h>":
     enum:
         SHUT_WR
         MSG_NOSIGNAL
+        MSG_PEEK
+        MSG_DONTWAIT
 
 import socket as _socket
 import struct as _struct
@@ -220,6 +222,45 @@ cdef class EdgeWatch:
     cpdef forget(self):
         self._on_read = self._on_write = None
         self._poller.forget(self.fd)
+
+
+# Any watch (an EdgeWatch, or sockio.LevelWatch over TLS): an EdgeWatch's methods are called at C level.
+
+cdef inline object _watch_receive(object watch, object sock, Py_ssize_t size, object callback):
+    if type(watch) is EdgeWatch:
+        return (<EdgeWatch>watch).receive(sock, size, callback)
+    return watch.receive(sock, size, callback)
+
+
+cdef inline bint _watch_writable(object watch) except -1:
+    if type(watch) is EdgeWatch:
+        return (<EdgeWatch>watch).writable
+    return bool(watch.writable)
+
+
+cdef inline _watch_wait_write(object watch, object callback):
+    if type(watch) is EdgeWatch:
+        (<EdgeWatch>watch).wait_write(callback)
+    else:
+        watch.wait_write(callback)
+
+
+cdef inline _watch_cancel(object watch):
+    if type(watch) is EdgeWatch:
+        (<EdgeWatch>watch).cancel()
+    else:
+        watch.cancel()
+
+
+cpdef bint still_open(sock) except -1:
+    """Whether an idle connection can still carry a request (same API as
+    fastfog.reference.relay.still_open): a peek that finds nothing, without an exception."""
+    cdef char byte
+    cdef int fd = sock.fileno()
+    cdef ssize_t found = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT)
+    while found < 0 and errno == EINTR:
+        found = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT)
+    return found < 0 and errno == EAGAIN  # (EWOULDBLOCK is EAGAIN on Linux)
 
 
 _pollers = _weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop

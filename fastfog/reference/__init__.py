@@ -9,6 +9,7 @@ from fastfog.reference.accept import accept_batch
 from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.clienthello import client_hello_sni
+from fastfog.reference.deadline import Deadline
 from fastfog.reference.forwardhead import rewrite_head
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.httphead import (
@@ -20,25 +21,29 @@ from fastfog.reference.httphead import (
     parse_response_head,
 )
 from fastfog.reference.record import IdSource, json_line, rfc3339
-from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for
+from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for, still_open
 from fastfog.reference.series import Count, Histogram, TunnelSeries
 from fastfog.reference.opening import open_upstream
 
 
 
 def __getattr__(name):
-    """``Exchange``, imported at first use: its module imports fastfog.connection, which imports
-    fastfog.hotpaths, which imports this package."""
-    if name != "Exchange":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from fastfog.reference.exchange import Exchange
+    """``ClientConnection`` and ``Exchange``, imported at first use: their modules import
+    fastfog.connection, which imports fastfog.hotpaths, which imports this package."""
+    if name == "ClientConnection":
+        from fastfog.reference.client import ClientConnection
 
-    return Exchange
+        return ClientConnection
+    if name == "Exchange":
+        from fastfog.reference.exchange import Exchange
+
+        return Exchange
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "BufferedRelay", "Count", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgePoller", "EdgeWatch",
-    "HeadError", "Histogram", "HostGlobSet", "IdSource", "RequestHead", "ResponseHead", "SpliceRelay", "TunnelSeries",
-    "accept_batch", "client_hello_sni", "json_line", "open_upstream", "parse_request_head", "parse_response_head",
-    "poller_for", "rewrite_head", "rfc3339",
+    "BufferedRelay", "Count", "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgePoller",
+    "EdgeWatch", "HeadError", "Histogram", "HostGlobSet", "IdSource", "RequestHead", "ResponseHead", "SpliceRelay",
+    "TunnelSeries", "accept_batch", "client_hello_sni", "json_line", "open_upstream", "parse_request_head",
+    "parse_response_head", "poller_for", "rewrite_head", "rfc3339", "still_open",
 ]

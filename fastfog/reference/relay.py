@@ -186,6 +186,18 @@ class EdgeWatch:
         self._poller.forget(self.fd)
 
 
+def still_open(sock):
+    """Whether an idle connection can still carry a request: nothing to read, neither bytes nor
+    the end of the stream (the last look a pooled upstream gets before it is reused)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _grow_pipe(write_end):
     """A larger pipe moves bulk data in fewer system calls; small tunnels keep the default 64 KiB."""
     try:

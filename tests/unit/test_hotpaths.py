@@ -94,7 +94,8 @@ def test_type_stubs_describe_both_implementations(impl):
     assert set(api) == {"RequestHead", "ResponseHead", "CidrTable", "HostGlobSet", "SpliceRelay",
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
                         "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for", "Count",
-                        "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange"}
+                        "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange",
+                        "ClientConnection", "Deadline", "still_open"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -112,6 +113,9 @@ def test_type_stubs_describe_both_implementations(impl):
         "TunnelSeries": impl.TunnelSeries(impl.Count(), impl.Count(), impl.Histogram((1,)), impl.Histogram((1,)),
                                           impl.Histogram((1,))),
         "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
+        "Deadline": impl.Deadline(loop),
+        "ClientConnection": impl.ClientConnection(types.SimpleNamespace(loop=loop, connections=set()), client,
+                                                  ("127.0.0.1", 1)),
     }
     samples["EdgeWatch"].forget()
     samples["SpliceRelay"].close()

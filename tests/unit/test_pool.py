@@ -113,3 +113,17 @@ def test_a_connection_the_server_closes_while_idle_is_dropped_at_once(impl):
             server.close()
 
     uvloop.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_the_last_look_tells_an_idle_connection_from_one_that_spoke_or_ended(impl):
+    near, far = tcp_pair()
+    assert impl.still_open(near) is True  # nothing to read
+    far.send(b"x")
+    time.sleep(0.05)
+    assert impl.still_open(near) is False  # stray bytes: the connection is out of step
+    assert near.recv(1) == b"x"  # (a look, not a read)
+    assert impl.still_open(near) is True
+    far.close()
+    time.sleep(0.05)
+    assert impl.still_open(near) is False  # the end of the stream
+    near.close()

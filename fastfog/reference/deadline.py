@@ -1,4 +1,5 @@
-"""A timeout that is set again and again and seldom reached.
+"""A timeout that is set again and again and seldom reached, in pure Python: the twin of
+fastfog/hot/deadline.pxi.
 
 A kept-alive client connection moves through a deadline per phase of every
 request: the next head, sending the request, relaying the response. Making and
