@@ -6,18 +6,18 @@ requested URL, without hop-by-hop headers (those RFC 9110 names and those the
 ``Connection`` header lists), without ``Proxy-*`` headers and without
 Smokescreen's role and trace headers; HTTP/1.1 upstream connections are kept
 for reuse (see pool.py). The response comes back without hop-by-hop
-headers and without ``X-Smokescreen-Error``. Bodies keep their framing and
+headers and without ``X-Smokescreen-Error``: the heads are written by
+``upstream_request`` and ``client_response`` (hot/forwardhead.pxi, whose twin
+reference/forwardhead.py documents them). Bodies keep their framing and
 stream through in pieces, never whole: the framing objects below only say how
 many of the bytes read belong to the message.
 """
 
 from fastfog.chunked import ChunkedBody
-from fastfog.hotpaths import rewrite_head
+from fastfog.hotpaths import client_response, upstream_request  # noqa: F401  (the heads, with the framing)
 
-# ``Expect`` too: fastfog answers a client's ``100-continue`` itself and sends the body on at once
-# (as Smokescreen's Go server does), so the upstream is never asked to wait.
-REQUEST_ONLY = frozenset({b"host", b"x-smokescreen-role", b"x-smokescreen-trace-id", b"x-upstream-https-proxy",
-                          b"expect"})
+# fastfog answers a client's ``100-continue`` itself and sends the body on at once (as Smokescreen's
+# Go server does), so the upstream is never asked to wait: ``Expect`` does not go on.
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -27,7 +27,6 @@ def expects_continue(head):
         return False
     expect = head.header(b"expect")
     return expect is not None and expect.strip(" \t").lower() == "100-continue"
-RESPONSE_ONLY = frozenset({b"x-smokescreen-error"})
 
 
 class LengthBody:
@@ -73,29 +72,3 @@ def response_body(head, method):
     if head.content_length is not None:
         return LengthBody(head.content_length)
     return UntilClose()
-
-
-def upstream_request(head, add_headers=()):
-    """The request head to send upstream; ``add_headers``: (name, value) pairs that replace any
-    the client sent under those names (an intercepted request's ``add_headers``)."""
-    before = f"{head.method} {head.path} HTTP/{head.version}\r\nHost: {head.authority}\r\n".encode("ascii")
-    # HTTP/1.0 upstream connections are not pooled.
-    after = b"Connection: close\r\n" if head.version == "1.0" else b""
-    removed = REQUEST_ONLY
-    if add_headers:
-        removed = REQUEST_ONLY | {name.lower().encode("latin-1") for name, _ in add_headers}
-        after += b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in add_headers)
-    return rewrite_head(before, head.headers, removed, True, after)
-
-
-def client_response(head, close, client_version):
-    """The response head to send the client; ``close`` when the client connection ends after it."""
-    # Our own version (RFC 9110 section 2.5); a reason phrase is optional.
-    start = f"HTTP/1.1 {head.status} {head.reason}".rstrip() + "\r\n"
-    if close:
-        after = b"Connection: close\r\n"
-    elif client_version == "1.0":
-        after = b"Connection: keep-alive\r\n"
-    else:
-        after = b""
-    return rewrite_head(start.encode("latin-1"), head.headers, RESPONSE_ONLY, False, after)

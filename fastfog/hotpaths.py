@@ -39,6 +39,7 @@ EdgeWatch = _implementation.EdgeWatch
 Histogram = _implementation.Histogram
 HostGlobSet = _implementation.HostGlobSet
 IdSource = _implementation.IdSource
+RecordBatch = _implementation.RecordBatch
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
 SpliceRelay = _implementation.SpliceRelay
@@ -51,6 +52,8 @@ parse_request_head = _implementation.parse_request_head
 parse_response_head = _implementation.parse_response_head
 poller_for = _implementation.poller_for
 rewrite_head = _implementation.rewrite_head
+upstream_request = _implementation.upstream_request
+client_response = _implementation.client_response
 still_open = _implementation.still_open
 
 from fastfog.errors import HeadError  # noqa: E402  (one class for both implementations)
@@ -66,10 +69,11 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BufferedRelay", "COMPILED", "Count", "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable",
-    "EdgeWatch", "HeadError", "Histogram", "HostGlobSet", "IdSource", "NO_EXTENSIONS", "RequestHead", "ResponseHead",
-    "SpliceRelay", "TunnelSeries", "client_hello_sni", "json_line", "open_upstream", "parse_request_head",
-    "accept_batch", "parse_response_head", "poller_for", "rewrite_head", "rfc3339", "still_open",
+    "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "COMPILED", "Count",
+    "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgeWatch", "HeadError", "Histogram", "HostGlobSet",
+    "IdSource", "json_line", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
+    "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "SpliceRelay",
+    "still_open", "TunnelSeries", "upstream_request",
 ]
 
 

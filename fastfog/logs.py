@@ -67,12 +67,13 @@ class Log:
         dropped before they are formatted, and ``info_enabled`` lets a caller skip building one."""
         threshold = LEVELS[level]
         self.info_enabled = threshold <= LEVELS["info"]
+        self._levels = tuple(name for name in ("info", "warning", "error") if LEVELS[name] >= threshold)
         for name in ("info", "warning", "error"):
-            if LEVELS[name] < threshold:
+            if name not in self._levels:
                 setattr(self, name, _ignore)
         self._fd = sys.stderr.fileno() if fd is None else fd
         self._format = hotpaths.json_line if fmt == "json" else self._logfmt
-        self._pending = []
+        self._batch = hotpaths.RecordBatch(self._format, self._schedule_flush)
         self._loop = None
         self._atomic = atomic_lines
         self._writer = None  # the non-blocking way to write, made when attached
@@ -91,6 +92,11 @@ class Log:
             self._loop.remove_writer(self._writer.fd)
         self._loop = loop
         self._waiting = False
+        for name in self._levels:  # batched on the loop (formatted in C for JSON), or written at once
+            if loop is None:
+                self.__dict__.pop(name, None)
+            else:
+                setattr(self, name, getattr(self._batch, name))
         if loop is None:
             if self._writer is not None:
                 self._writer.close()
@@ -107,13 +113,13 @@ class Log:
         return (text + "\n").encode("utf-8", "replace")
 
     def emit(self, level, msg, fields=None):
-        line = self._format(fields if fields else {}, level, msg, rfc3339(time.time()))
         if self._loop is None:
-            _write_all(self._fd, line)
+            _write_all(self._fd, self._format(fields if fields else {}, level, msg, rfc3339(time.time())))
             return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(line)
+        self._batch.add(level, msg, fields)
+
+    def _schedule_flush(self):
+        self._loop.call_soon(self.flush)
 
     def info(self, msg, fields=None):
         self.emit("info", msg, fields)
@@ -125,9 +131,9 @@ class Log:
         self.emit("error", msg, fields)
 
     def flush(self):
-        if not self._pending:
+        lines = self._batch.take()
+        if not lines:
             return
-        lines, self._pending = self._pending, []
         if self._writer is None:
             for batch in self._batches(lines):
                 _write_all(self._fd, batch)
@@ -212,7 +218,7 @@ class Log:
 
     def _drain_blocking(self):
         """Detached from the loop: what is left goes out now, waiting if it must."""
-        lines, self._pending = [*self._backlog, *self._pending], []
+        lines = [*self._backlog, *self._batch.take()]
         self._backlog.clear()
         self._backlog_size = 0
         for batch in self._batches(lines):

@@ -59,7 +59,7 @@ cdef class Exchange:
         self._frame(_forward.request_body(head))
         cdef bytearray buffer = conn.buffer
         try:
-            first = _forward.upstream_request(head, self.upstream.add_headers) + self._take(buffer)
+            first = upstream_request(head, self.upstream.add_headers) + self._take(buffer)
         except HeadError as err:
             self._bad_request(err)
             return
@@ -120,7 +120,7 @@ cdef class Exchange:
         if head.status < 200 and head.status != 101:
             self._interim = True
             self._framing, self._remaining = _BY_LENGTH, 0
-            self._move(False, buffer, _forward.client_response(head, False, request.version), _THEN_READ_RESPONSE)
+            self._move(False, buffer, client_response(head, False, request.version), _THEN_READ_RESPONSE)
             return
         if head.status == 101:
             self._broken("protocol upgrades are not forwarded")
@@ -129,7 +129,7 @@ cdef class Exchange:
         self._keep_alive = request.keep_alive and self._framing != _UNTIL_CLOSE and self.proxy.serving
         self._response = head
         try:
-            first = _forward.client_response(head, not self._keep_alive, request.version) + self._take(buffer)
+            first = client_response(head, not self._keep_alive, request.version) + self._take(buffer)
         except HeadError as err:
             self._broken(str(err))
             return

@@ -1,8 +1,13 @@
-# Which header lines of a forwarded message go on.
+# The heads of forwarded messages: which header lines go on, and the lines fastfog writes.
 #
 # The rules are those of the twin in fastfog/reference/forwardhead.py (its
 # docstring documents them); here the kept lines are copied into one bytes
 # object of the right size, with no list of pieces in between.
+
+from fastfog.reference.forwardhead import REQUEST_ONLY, RESPONSE_ONLY
+
+cdef bytes _CLOSE_LINE = b"Connection: close\r\n"
+cdef bytes _KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
 
 cdef frozenset HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
 
@@ -39,6 +44,27 @@ cdef set _listed_names(list headers):
 
 
 def rewrite_head(bytes before, list headers, frozenset dropped, bint drop_proxy, bytes after):
+    return _rewrite_head(before, headers, dropped, drop_proxy, after)
+
+
+def upstream_request(head, add_headers=()):
+    cdef str version = head.version
+    cdef bytes before = f"{head.method} {head.path} HTTP/{version}\r\nHost: {head.authority}\r\n".encode("ascii")
+    cdef bytes after = _CLOSE_LINE if version == "1.0" else b""
+    cdef frozenset removed = REQUEST_ONLY
+    if add_headers:
+        removed = REQUEST_ONLY | {name.lower().encode("latin-1") for name, _ in add_headers}
+        after += b"".join([f"{name}: {value}\r\n".encode("latin-1") for name, value in add_headers])
+    return _rewrite_head(before, head.headers, removed, True, after)
+
+
+def client_response(head, bint close, client_version):
+    cdef str start = f"HTTP/1.1 {head.status} {head.reason}".rstrip() + "\r\n"
+    cdef bytes after = _CLOSE_LINE if close else _KEEP_ALIVE_LINE if client_version == "1.0" else b""
+    return _rewrite_head(start.encode("latin-1"), head.headers, RESPONSE_ONLY, False, after)
+
+
+cdef bytes _rewrite_head(bytes before, list headers, frozenset dropped, bint drop_proxy, bytes after):
     cdef Py_ssize_t count = len(headers), index, total, size
     cdef bytes name, value, lower, result
     cdef tuple header

@@ -229,6 +229,10 @@ cdef int _put_int(_Out* out, object value) except -1:
 
 
 def json_line(dict fields, str level, str msg, str time):
+    return _json_line(fields, level, msg, time)
+
+
+cdef bytes _json_line(dict fields, str level, str msg, str time):
     cdef _Out out
     cdef Py_hash_t signature = _shape_signature(fields)
     cdef _KeyOrder order = <_KeyOrder>_key_orders.get(signature)
@@ -286,6 +290,10 @@ cdef inline void _two_digits(char* at, int value) noexcept:
 
 
 def rfc3339(double timestamp):
+    return _rfc3339(timestamp)
+
+
+cdef str _rfc3339(double timestamp):
     global rfc3339_second
     cdef long long seconds
     cdef long long nanos
@@ -325,3 +333,47 @@ def rfc3339(double timestamp):
             length -= 1
     rfc3339_text[length] = b'Z'
     return PyUnicode_DecodeASCII(rfc3339_text, length + 1, NULL)
+
+
+cdef inline double _now() noexcept:
+    """time.time(), as CPython computes it: the realtime clock in nanoseconds, then seconds."""
+    cdef timespec clock
+    clock_gettime(CLOCK_REALTIME, &clock)
+    return <double>(<long long>clock.tv_sec * 1000000000 + clock.tv_nsec) / 1e9
+
+
+@cython.final
+cdef class RecordBatch:
+    """A log's records between two writes (same API as fastfog.reference.record.RecordBatch,
+    which documents it); JSON records are formatted without leaving C."""
+    cdef readonly list lines
+    cdef object _format, _schedule
+    cdef bint _json
+
+    def __init__(self, format, schedule):
+        self.lines = []
+        self._format, self._schedule = format, schedule
+        self._json = format is json_line
+
+    cpdef add(self, str level, msg, fields=None):
+        cdef str stamp = _rfc3339(_now())
+        if self._json:
+            line = _json_line(fields if fields else {}, level, msg, stamp)
+        else:
+            line = self._format(fields if fields else {}, level, msg, stamp)
+        if not self.lines:
+            self._schedule()
+        self.lines.append(line)
+
+    def info(self, msg, fields=None):
+        self.add("info", msg, fields)
+
+    def warning(self, msg, fields=None):
+        self.add("warning", msg, fields)
+
+    def error(self, msg, fields=None):
+        self.add("error", msg, fields)
+
+    def take(self):
+        lines, self.lines = self.lines, []
+        return lines

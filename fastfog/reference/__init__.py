@@ -10,7 +10,7 @@ from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.clienthello import client_hello_sni
 from fastfog.reference.deadline import Deadline
-from fastfog.reference.forwardhead import rewrite_head
+from fastfog.reference.forwardhead import client_response, rewrite_head, upstream_request
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.httphead import (
     DEFAULT_MAX_HEAD_SIZE,
@@ -20,7 +20,7 @@ from fastfog.reference.httphead import (
     parse_request_head,
     parse_response_head,
 )
-from fastfog.reference.record import IdSource, json_line, rfc3339
+from fastfog.reference.record import IdSource, RecordBatch, json_line, rfc3339
 from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for, still_open
 from fastfog.reference.series import Count, Histogram, TunnelSeries
 from fastfog.reference.opening import open_upstream
@@ -42,8 +42,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BufferedRelay", "Count", "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "CidrTable", "EdgePoller",
-    "EdgeWatch", "HeadError", "Histogram", "HostGlobSet", "IdSource", "RequestHead", "ResponseHead", "SpliceRelay",
-    "TunnelSeries", "accept_batch", "client_hello_sni", "json_line", "open_upstream", "parse_request_head",
-    "parse_response_head", "poller_for", "rewrite_head", "rfc3339", "still_open",
+    "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "Count", "Deadline",
+    "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgePoller", "EdgeWatch", "HeadError", "Histogram",
+    "HostGlobSet", "IdSource", "json_line", "open_upstream", "parse_request_head", "parse_response_head",
+    "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "SpliceRelay",
+    "still_open", "TunnelSeries", "upstream_request",
 ]

@@ -27,6 +27,7 @@ send a body-less request again on a new one.
 from fastfog import forward, responses
 from fastfog.connection import READ_SIZE, guarded
 from fastfog.errors import HeadError
+from fastfog.reference.forwardhead import client_response, upstream_request
 from fastfog.reference.httphead import parse_response_head
 
 
@@ -69,7 +70,7 @@ class Exchange:
         self._arm(proxy.config.read_timeout, "reading the request")
         body = forward.request_body(self.head)
         try:
-            first = forward.upstream_request(self.head, self.upstream.add_headers) + take(body, conn.buffer)
+            first = upstream_request(self.head, self.upstream.add_headers) + take(body, conn.buffer)
         except HeadError as err:
             self._bad_request(err)
             return
@@ -126,7 +127,7 @@ class Exchange:
         request = self.head
         if head.status < 200 and head.status != 101:
             self._interim = True
-            self._move(False, buffer, forward.LengthBody(0), forward.client_response(head, False, request.version),
+            self._move(False, buffer, forward.LengthBody(0), client_response(head, False, request.version),
                        self._read_response)
             return
         if head.status == 101:
@@ -139,7 +140,7 @@ class Exchange:
         self._response = head
         try:
             # The head and what of the body already arrived go out in one send (often all of it).
-            first = forward.client_response(head, not self._keep_alive, request.version) + take(body, buffer)
+            first = client_response(head, not self._keep_alive, request.version) + take(body, buffer)
         except HeadError as err:
             self._broken(str(err))
             return

@@ -12,6 +12,10 @@ Every tunnel writes two records and takes one id, so both are on the hot path.
 - ``IdSource().next()``: ids shaped like the xids Smokescreen logs, 20
   characters sortable by time: 12 bytes (4 of Unix time, 5 of per-process
   randomness, 3 of a counter) in lowercase base32hex.
+- ``RecordBatch(format, schedule)``: a log's records between two writes, each
+  formatted as it is emitted (``format(fields, level, msg, time)``, stamped
+  with ``rfc3339(time.time())``) and kept as a line; the first of a batch calls
+  ``schedule()`` (which arranges the write); ``take()`` hands the lines over.
 """
 
 import base64
@@ -62,3 +66,30 @@ class IdSource:
         self._counter = (self._counter + 1) & 0xFFFFFF
         raw = int(time.time()).to_bytes(4, "big") + self._machine + self._counter.to_bytes(3, "big")
         return base64.b32hexencode(raw)[:20].decode("ascii").lower()
+
+
+class RecordBatch:
+    __slots__ = ("lines", "_format", "_schedule")
+
+    def __init__(self, format, schedule):
+        self.lines = []
+        self._format, self._schedule = format, schedule
+
+    def add(self, level, msg, fields=None):
+        line = self._format(fields if fields else {}, level, msg, rfc3339(time.time()))
+        if not self.lines:
+            self._schedule()
+        self.lines.append(line)
+
+    def info(self, msg, fields=None):
+        self.add("info", msg, fields)
+
+    def warning(self, msg, fields=None):
+        self.add("warning", msg, fields)
+
+    def error(self, msg, fields=None):
+        self.add("error", msg, fields)
+
+    def take(self):
+        lines, self.lines = self.lines, []
+        return lines

@@ -9,6 +9,7 @@ from fastfog import forward
 from fastfog.chunked import ChunkedBody
 from fastfog.errors import HeadError
 from fastfog.reference import parse_request_head, parse_response_head
+from fastfog.reference.forwardhead import REQUEST_ONLY, RESPONSE_ONLY
 from support import IMPLEMENTATIONS
 
 BODY = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
@@ -107,7 +108,7 @@ _headers = st.lists(st.one_of(st.tuples(_names, _values), st.tuples(st.just(b"Co
 @given(headers=_headers, drop_proxy=st.booleans(), request=st.booleans())
 def test_rewrite_head_agrees_across_implementations_and_with_h11(headers, drop_proxy, request):
     """Every implementation writes the same head; h11 reads back exactly the headers that should go on."""
-    dropped = forward.REQUEST_ONLY if request else forward.RESPONSE_ONLY
+    dropped = REQUEST_ONLY if request else RESPONSE_ONLY
     before = b"GET / HTTP/1.1\r\nHost: h\r\n" if request else b"HTTP/1.1 200 OK\r\n"
     written = {name: impl.rewrite_head(before, headers, dropped, drop_proxy, b"X-Own: 1\r\n")
                for name, impl in IMPLEMENTATIONS.items()}
@@ -125,3 +126,31 @@ def test_rewrite_head_agrees_across_implementations_and_with_h11(headers, drop_p
     event = conn.next_event()
     read_back = [(name, value) for name, value in event.headers]
     assert read_back == ([(b"host", b"h")] if request else []) + expected + [(b"x-own", b"1")]
+
+
+_methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"])
+_paths = st.from_regex(r"\A/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]{0,20}\Z")
+_reasons = st.from_regex(r"\A[A-Za-z ]{0,12}\Z")
+
+
+@given(method=_methods, path=_paths, version=st.sampled_from(["1.0", "1.1"]), headers=_headers,
+       add=st.lists(st.tuples(st.sampled_from(["X-Added", "Authorization", "x-keep"]),
+                              st.from_regex(r"\A[a-z]{0,5}\Z")), max_size=2))
+def test_upstream_request_heads_agree_across_implementations(method, path, version, headers, add):
+    raw = (f"{method} http://203.0.113.1:8080{path} HTTP/{version}\r\nHost: 203.0.113.1:8080\r\n".encode() +
+           b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n")
+    written = {name: impl.upstream_request(impl.parse_request_head(raw), add)
+               for name, impl in IMPLEMENTATIONS.items()}
+    assert len(set(written.values())) == 1
+    assert written["reference"].startswith(f"{method} {path} HTTP/{version}\r\nHost: 203.0.113.1:8080\r\n".encode())
+
+
+@given(status=st.integers(100, 599), reason=_reasons, headers=_headers, close=st.booleans(),
+       client_version=st.sampled_from(["1.0", "1.1"]))
+def test_client_response_heads_agree_across_implementations(status, reason, headers, close, client_version):
+    raw = (f"HTTP/1.1 {status} {reason}\r\n".encode() + b"".join(name + b": " + value + b"\r\n"
+                                                              for name, value in headers) + b"\r\n")
+    written = {name: impl.client_response(impl.parse_response_head(raw), close, client_version)
+               for name, impl in IMPLEMENTATIONS.items()}
+    assert len(set(written.values())) == 1
+    assert written["reference"].startswith(f"HTTP/1.1 {status} {reason}".rstrip().encode() + b"\r\n")

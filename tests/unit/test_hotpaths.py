@@ -95,7 +95,8 @@ def test_type_stubs_describe_both_implementations(impl):
                         "BufferedRelay", "IdSource", "json_line", "parse_request_head", "parse_response_head",
                         "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for", "Count",
                         "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange",
-                        "ClientConnection", "Deadline", "still_open"}
+                        "ClientConnection", "Deadline", "still_open", "RecordBatch",
+                        "upstream_request", "client_response"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -114,6 +115,7 @@ def test_type_stubs_describe_both_implementations(impl):
                                           impl.Histogram((1,))),
         "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
         "Deadline": impl.Deadline(loop),
+        "RecordBatch": impl.RecordBatch(impl.json_line, lambda: None),
         "ClientConnection": impl.ClientConnection(types.SimpleNamespace(loop=loop, connections=set()), client,
                                                   ("127.0.0.1", 1)),
     }

@@ -129,3 +129,34 @@ def test_remembered_orders_serve_only_their_own_key_set():
               {"a": 1, "b": 2, "x": 3}, {"x": 1, "y": -2**70, "z": -9223372036854775808}, {"a": 1, "b": 2, "c": 3})
     for fields in shapes * 2:
         assert core.json_line(fields, "info", "m", TIME) == reference.json_line(fields, "info", "m", TIME)
+
+
+def test_a_batch_formats_each_record_as_it_comes_and_schedules_one_write(impl):
+    scheduled = []
+    batch = impl.RecordBatch(impl.json_line, lambda: scheduled.append(1))
+    before = impl.rfc3339(time.time())
+    batch.info("CANONICAL-PROXY-DECISION", {"allow": True, "id": "x"})
+    batch.warning("bad request", {"error": "e"})
+    batch.add("error", "no fields")
+    after = impl.rfc3339(time.time())
+    assert scheduled == [1]  # once per batch
+    records = [json.loads(line) for line in batch.lines]
+    assert [(record["level"], record["msg"]) for record in records] == [
+        ("info", "CANONICAL-PROXY-DECISION"), ("warning", "bad request"), ("error", "no fields")]
+    for line, record in zip(batch.lines, records, strict=True):
+        assert before[:19] <= record["time"][:19] <= after[:19]  # stamped as emitted
+        fields = {key: value for key, value in record.items() if key not in ("level", "msg", "time")}
+        assert line == impl.json_line(fields, record["level"], record["msg"], record["time"])
+    assert len(batch.take()) == 3 and batch.lines == [] and batch.take() == []
+    batch.info("next batch")
+    assert scheduled == [1, 1]
+
+
+def test_a_batch_formats_with_any_format_it_is_given(impl):
+    calls = []
+    batch = impl.RecordBatch(lambda fields, level, msg, stamp: calls.append((fields, level, msg)) or b"line\n",
+                             lambda: None)
+    batch.info("m", {"a": 1})
+    batch.error("n")
+    assert calls == [({"a": 1}, "info", "m"), ({}, "error", "n")]
+    assert batch.take() == [b"line\n", b"line\n"]
