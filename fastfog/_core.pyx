@@ -42,6 +42,7 @@ include "hot/record.pxi"
 include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
 include "hot/series.pxi"
+include "hot/limits.pxi"  # (after relay.pxi: its clock)
 include "hot/opening.pxi"
 include "hot/deadline.pxi"
 include "hot/transport.pxi"

@@ -55,7 +55,7 @@ class Refused(NamedTuple):
     """A request refused before any DNS: by its role, its port, a limit or the ACL."""
 
     role: str
-    reason: object  # a Decision (AUTH_REQUIRED, a port, the ACL's), a limits.Refusal, or a BadRequest
+    reason: object  # a Decision (AUTH_REQUIRED, a port, the ACL's), a reasons.Refusal (a limit), or a BadRequest
     decision: Decision | None  # the ACL's, when it was reached: the request counts against the
     #                            concurrency limit then, until whoever answers it releases it
     role_problem: bool

@@ -39,6 +39,9 @@ EdgeWatch = _implementation.EdgeWatch
 Histogram = _implementation.Histogram
 HostGlobSet = _implementation.HostGlobSet
 IdSource = _implementation.IdSource
+Limits = _implementation.Limits
+Scope = _implementation.Scope
+TokenBucket = _implementation.TokenBucket
 RecordBatch = _implementation.RecordBatch
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
@@ -71,9 +74,9 @@ def __getattr__(name):
 __all__ = [
     "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "COMPILED", "Count",
     "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgeWatch", "HeadError", "Histogram", "HostGlobSet",
-    "IdSource", "json_line", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
-    "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "SpliceRelay",
-    "still_open", "TunnelSeries", "upstream_request",
+    "IdSource", "json_line", "Limits", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
+    "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
+    "still_open", "TokenBucket", "TunnelSeries", "upstream_request",
 ]
 
 

@@ -89,3 +89,22 @@ def address_deny_reason(ip, address_class):
 SNI_MISMATCH = "tls server name does not match CONNECT host"
 SNI_NOT_TLS = "tunnel did not start with a TLS ClientHello"
 CODE_SNI = "sni_mismatch"
+
+
+class Refusal(NamedTuple):
+    """A request refused by a limit (limits.py): its answer's status, phrase and message, its
+    reason code and the metric it counts."""
+
+    status: int
+    phrase: str
+    message: str
+    code: str
+    metric: str
+
+
+RATE_LIMITED = Refusal(429, "Too Many Requests", "Proxy rate limit exceeded. Please retry later.",
+                       "rate_limited", "requests.rate_limited")
+OVERLOADED = Refusal(503, "Service Unavailable", "Proxy overloaded. Please retry later.",
+                     "concurrency_limited", "requests.concurrency_limited")
+TOO_MANY_TUNNELS = Refusal(429, "Too Many Requests", "maximum concurrent connect tunnels exceeded",
+                           "tunnels_limited", "tunnels.concurrency_limited")

@@ -13,7 +13,7 @@ from fastfog import logs, responses
 from fastfog.acl import AUTH_REQUIRED
 from fastfog.admission import BadRequest
 from fastfog.conntrack import CLOSE_FIELDS
-from fastfog.limits import Refusal
+from fastfog.reasons import Refusal
 
 TRACE_HEADER = b"x-smokescreen-trace-id"
 

@@ -96,7 +96,8 @@ def test_type_stubs_describe_both_implementations(impl):
                         "rfc3339", "client_hello_sni", "rewrite_head", "EdgePoller", "EdgeWatch", "poller_for", "Count",
                         "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange",
                         "ClientConnection", "Deadline", "still_open", "RecordBatch",
-                        "upstream_request", "client_response"}
+                        "upstream_request", "client_response",
+                        "TokenBucket", "Scope", "Limits"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -115,6 +116,11 @@ def test_type_stubs_describe_both_implementations(impl):
                                           impl.Histogram((1,))),
         "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
         "Deadline": impl.Deadline(loop),
+        "TokenBucket": impl.TokenBucket(1.0, 2),
+        "Scope": impl.Scope(0, None, 0, 0),
+        "Limits": impl.Limits(types.SimpleNamespace(max_request_rate=0, max_request_burst=None,
+                                                    max_concurrent_requests=0, max_concurrent_connect_tunnels=0,
+                                                    role_limits={})),
         "RecordBatch": impl.RecordBatch(impl.json_line, lambda: None),
         "ClientConnection": impl.ClientConnection(types.SimpleNamespace(loop=loop, connections=set()), client,
                                                   ("127.0.0.1", 1)),
