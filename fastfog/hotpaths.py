@@ -63,9 +63,9 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 
 
 def __getattr__(name):
-    """``ClientConnection`` and ``Exchange``, bound at first use: the reference's imports
-    (connection, forward) import this module."""
-    if name not in ("ClientConnection", "Exchange"):
+    """``ClientConnection``, ``Exchange`` and ``RecordsCore``, bound at first use: the reference's
+    imports (connection, forward, logs) import this module."""
+    if name not in ("ClientConnection", "Exchange", "RecordsCore"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     found = globals()[name] = getattr(_implementation, name)
     return found

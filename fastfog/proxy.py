@@ -52,7 +52,6 @@ from fastfog.tls import ClientTLSSocket, OriginHandshake, SocketTransport, TLSRe
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
-TRACE_HEADER = b"x-smokescreen-trace-id"
 
 
 class UpstreamBroken(Exception):

@@ -265,6 +265,9 @@ cdef class IdSource:
         self.counter = (int.from_bytes(os.urandom(3), "big") if counter is None else counter) & 0xFFFFFF
 
     def next(self):
+        return self._next()
+
+    cdef str _next(self):
         cdef unsigned char raw[13]
         cdef char text[20]
         cdef timespec clock

@@ -29,8 +29,8 @@ from fastfog.reference.opening import open_upstream
 
 
 def __getattr__(name):
-    """``ClientConnection`` and ``Exchange``, imported at first use: their modules import
-    fastfog.connection, which imports fastfog.hotpaths, which imports this package."""
+    """``ClientConnection``, ``Exchange`` and ``RecordsCore``, imported at first use: their modules
+    import fastfog.connection or fastfog.logs, which import fastfog.hotpaths, which imports this package."""
     if name == "ClientConnection":
         from fastfog.reference.client import ClientConnection
 
@@ -39,6 +39,10 @@ def __getattr__(name):
         from fastfog.reference.exchange import Exchange
 
         return Exchange
+    if name == "RecordsCore":
+        from fastfog.reference.records import RecordsCore
+
+        return RecordsCore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -97,7 +97,7 @@ def test_type_stubs_describe_both_implementations(impl):
                         "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange",
                         "ClientConnection", "Deadline", "still_open", "RecordBatch",
                         "upstream_request", "client_response",
-                        "TokenBucket", "Scope", "Limits"}
+                        "TokenBucket", "Scope", "Limits", "RecordsCore"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -116,6 +116,7 @@ def test_type_stubs_describe_both_implementations(impl):
                                           impl.Histogram((1,))),
         "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
         "Deadline": impl.Deadline(loop),
+        "RecordsCore": impl.RecordsCore(None, None, None),
         "TokenBucket": impl.TokenBucket(1.0, 2),
         "Scope": impl.Scope(0, None, 0, 0),
         "Limits": impl.Limits(types.SimpleNamespace(max_request_rate=0, max_request_burst=None,
