@@ -43,6 +43,7 @@ include "hot/clienthello.pxi"
 include "hot/forwardhead.pxi"
 include "hot/series.pxi"
 include "hot/limits.pxi"  # (after relay.pxi: its clock)
+include "hot/pool.pxi"  # (after relay.pxi: its clock and its watches)
 include "hot/opening.pxi"
 include "hot/deadline.pxi"
 include "hot/transport.pxi"

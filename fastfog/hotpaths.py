@@ -42,6 +42,7 @@ IdSource = _implementation.IdSource
 Limits = _implementation.Limits
 Scope = _implementation.Scope
 TokenBucket = _implementation.TokenBucket
+UpstreamPool = _implementation.UpstreamPool
 RecordBatch = _implementation.RecordBatch
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
@@ -76,7 +77,7 @@ __all__ = [
     "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgeWatch", "HeadError", "Histogram", "HostGlobSet",
     "IdSource", "json_line", "Limits", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
-    "still_open", "TokenBucket", "TunnelSeries", "upstream_request",
+    "still_open", "TokenBucket", "TunnelSeries", "UpstreamPool", "upstream_request",
 ]
 
 

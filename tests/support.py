@@ -1,5 +1,6 @@
 """Helpers shared by the tests."""
 
+import asyncio
 import socket
 
 import pytest
@@ -41,6 +42,20 @@ def tcp_pair():
     for sock in (a, b):
         sock.setblocking(False)
     return a, b
+
+
+async def feed(sock, pieces, pause):
+    """Send ``pieces`` on ``sock``, ``pause`` seconds apart (None: shut the sending side down),
+    until the peer is gone."""
+    for piece in pieces:
+        await asyncio.sleep(pause)
+        try:
+            if piece is None:
+                sock.shutdown(socket.SHUT_WR)
+            else:
+                sock.send(piece)
+        except OSError:  # (the peer may be done with the socket already)
+            return
 
 
 def client_hello(server_name):

@@ -21,6 +21,7 @@ from fastfog.reference.httphead import (
     parse_response_head,
 )
 from fastfog.reference.limits import Limits, Scope, TokenBucket
+from fastfog.reference.pool import UpstreamPool
 from fastfog.reference.record import IdSource, RecordBatch, json_line, rfc3339
 from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for, still_open
 from fastfog.reference.series import Count, Histogram, TunnelSeries
@@ -51,5 +52,5 @@ __all__ = [
     "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgePoller", "EdgeWatch", "HeadError", "Histogram",
     "HostGlobSet", "IdSource", "json_line", "Limits", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
-    "still_open", "TokenBucket", "TunnelSeries", "upstream_request",
+    "still_open", "TokenBucket", "TunnelSeries", "UpstreamPool", "upstream_request",
 ]

@@ -5,13 +5,12 @@ in the same order and end the same way. The whole proxy around it is covered by 
 suite on both builds."""
 
 import asyncio
-import socket
 
 import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import IMPLEMENTATIONS, tcp_pair
+from support import IMPLEMENTATIONS, feed, tcp_pair
 
 from fastfog.reference.client import ClientConnection as ReferenceClientConnection
 
@@ -79,15 +78,7 @@ def read_heads(connection_class, impl, pieces):
             far.send(pieces[0])  # (the first read finds it, as after most accepts)
         conn.read_head()
         received = bytearray()
-        for piece in pieces[1:]:
-            await asyncio.sleep(0.002)
-            try:
-                if piece is None:
-                    far.shutdown(socket.SHUT_WR)
-                else:
-                    far.send(piece)
-            except OSError:
-                break
+        await feed(far, pieces[1:], 0.002)
         for _ in range(100):  # until the connection closes, or 0.5 s more
             await asyncio.sleep(0.005)
             try:

@@ -5,13 +5,12 @@ send the same bytes each way and end the same way (pooled or closed, kept alive 
 recorded or failed). The whole proxy around it is covered by the end-to-end suite on both builds."""
 
 import asyncio
-import socket
 
 import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import IMPLEMENTATIONS, tcp_pair
+from support import IMPLEMENTATIONS, feed, tcp_pair
 
 from fastfog.reference.exchange import Exchange as ReferenceExchange
 
@@ -110,15 +109,7 @@ def run_exchange(exchange_class, impl, request, buffered, pieces, rest=b""):
         exchange_class(Proxy(events), client, head, {"id": "x"}, upstream, 0.0, events.recorder("stale")).start()
         up, down = bytearray(), bytearray()
         client_far.send(rest)
-        for piece in pieces:
-            await asyncio.sleep(0.001)
-            try:  # (the exchange may be done with the upstream already)
-                if piece is None:
-                    upstream_far.shutdown(socket.SHUT_WR)
-                else:
-                    upstream_far.send(piece)
-            except OSError:
-                break
+        await feed(upstream_far, pieces, 0.001)
         for _ in range(200):  # until the exchange ends, or 1 s
             await asyncio.sleep(0.005)
             for sock, into in ((upstream_far, up), (client_far, down)):

@@ -97,7 +97,8 @@ def test_type_stubs_describe_both_implementations(impl):
                         "Histogram", "TunnelSeries", "open_upstream", "accept_batch", "Exchange",
                         "ClientConnection", "Deadline", "still_open", "RecordBatch",
                         "upstream_request", "client_response",
-                        "TokenBucket", "Scope", "Limits", "RecordsCore"}
+                        "TokenBucket", "Scope", "Limits", "RecordsCore",
+                        "UpstreamPool"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -116,6 +117,7 @@ def test_type_stubs_describe_both_implementations(impl):
                                           impl.Histogram((1,))),
         "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
         "Deadline": impl.Deadline(loop),
+        "UpstreamPool": impl.UpstreamPool(),
         "RecordsCore": impl.RecordsCore(None, None, None),
         "TokenBucket": impl.TokenBucket(1.0, 2),
         "Scope": impl.Scope(0, None, 0, 0),

@@ -1,4 +1,5 @@
-"""The idle upstream connection pool: bounds, expiry, and connections the server closed."""
+"""The idle upstream connection pool, compiled and pure Python: bounds, expiry, and connections
+the server closed."""
 
 import asyncio
 import time
@@ -7,7 +8,6 @@ import pytest
 import uvloop
 from support import tcp_pair
 
-from fastfog.pool import UpstreamPool
 
 pytestmark = pytest.mark.netns
 
@@ -29,8 +29,8 @@ class Watch:
         self.forgotten = True
 
 
-def test_take_returns_what_was_given_for_that_address_only():
-    pool = UpstreamPool()
+def test_take_returns_what_was_given_for_that_address_only(impl):
+    pool = impl.UpstreamPool()
     mine, server = tcp_pair()
     watch = Watch()
     pool.give("203.0.113.10", 80, mine, watch, ("local", "remote"))
@@ -44,8 +44,8 @@ def test_take_returns_what_was_given_for_that_address_only():
     server.close()
 
 
-def test_bounds_per_host_and_in_total():
-    pool = UpstreamPool(max_idle=3, max_idle_per_host=2)
+def test_bounds_per_host_and_in_total(impl):
+    pool = impl.UpstreamPool(max_idle=3, max_idle_per_host=2)
     pairs = [tcp_pair() for _ in range(5)]
     watches = [Watch() for _ in pairs]
     for index, (mine, _) in enumerate(pairs):
@@ -60,8 +60,8 @@ def test_bounds_per_host_and_in_total():
         server.close()
 
 
-def test_connections_the_server_closed_are_not_handed_out():
-    pool = UpstreamPool()
+def test_connections_the_server_closed_are_not_handed_out(impl):
+    pool = impl.UpstreamPool()
     closed_mine, closed_server = tcp_pair()
     chatty_mine, chatty_server = tcp_pair()
     pool.give("203.0.113.10", 80, closed_mine)
@@ -74,8 +74,8 @@ def test_connections_the_server_closed_are_not_handed_out():
     chatty_server.close()
 
 
-def test_idle_connections_expire():
-    pool = UpstreamPool(idle_seconds=0.05)
+def test_idle_connections_expire(impl):
+    pool = impl.UpstreamPool(idle_seconds=0.05)
     mine, server = tcp_pair()
     pool.give("203.0.113.10", 80, mine)
     time.sleep(0.1)
@@ -88,7 +88,7 @@ def test_a_connection_the_server_closes_while_idle_is_dropped_at_once(impl):
     async def scenario():
         loop = asyncio.get_running_loop()
         poller = impl.poller_for(loop)
-        pool = UpstreamPool()
+        pool = impl.UpstreamPool()
         pairs = [tcp_pair() for _ in range(3)]
         for mine, _ in pairs:
             pool.give("203.0.113.10", 80, mine, impl.EdgeWatch(poller, mine.fileno()))
