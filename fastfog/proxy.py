@@ -34,6 +34,7 @@ from fastfog.hotpaths import (
     Exchange,
     HeadError,
     SpliceRelay,
+    open_tunnel,
     open_upstream,
     parse_response_head,
     poller_for,
@@ -203,7 +204,7 @@ class Proxy:
         if conn.mitm is not None:
             self._forward_intercepted(conn, head)
         elif head.form == "authority":
-            self._connect(conn, head)
+            open_tunnel(self, conn, head)
         elif head.form == "absolute":
             self._forward(conn, head)
         else:
@@ -247,13 +248,6 @@ class Proxy:
             pass
 
     # --- CONNECT -------------------------------------------------------------------------
-
-    def _connect(self, conn, head):
-        started = time.time()  # one reading: the record's start_time and the tunnel's duration
-        fields = self.records.request_fields(conn, "connect", head, started)
-        open_upstream(self, conn, head, fields, True, False,
-                      lambda upstream, answer, close: self.tunnel_opened(conn, head, fields, started, upstream, answer,
-                                                                         close))
 
     def tunnel_opened(self, conn, head, fields, started, upstream, answer, close):
         """A CONNECT's Opening is done: its tunnel (relayed, intercepted or chained), or its answer."""
