@@ -49,6 +49,5 @@ include "hot/deadline.pxi"
 include "hot/transport.pxi"
 include "hot/client.pxi"
 include "hot/exchange.pxi"
-include "hot/tunnel.pxi"
 include "hot/records.pxi"
 include "hot/accept.pxi"  # (after opening.pxi: it uses its socket declarations)

@@ -52,7 +52,6 @@ client_hello_sni = _implementation.client_hello_sni
 rfc3339 = _implementation.rfc3339
 json_line = _implementation.json_line
 open_upstream = _implementation.open_upstream
-open_tunnel = _implementation.open_tunnel
 parse_request_head = _implementation.parse_request_head
 parse_response_head = _implementation.parse_response_head
 poller_for = _implementation.poller_for
@@ -76,9 +75,9 @@ def __getattr__(name):
 __all__ = [
     "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "COMPILED", "Count",
     "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgeWatch", "HeadError", "Histogram", "HostGlobSet",
-    "IdSource", "json_line", "Limits", "NO_EXTENSIONS", "open_tunnel", "open_upstream", "parse_request_head",
-    "parse_response_head", "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339",
-    "Scope", "SpliceRelay", "still_open", "TokenBucket", "TunnelSeries", "upstream_request", "UpstreamPool",
+    "IdSource", "json_line", "Limits", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
+    "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
+    "still_open", "TokenBucket", "TunnelSeries", "UpstreamPool", "upstream_request",
 ]
 
 

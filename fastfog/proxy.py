@@ -34,7 +34,6 @@ from fastfog.hotpaths import (
     Exchange,
     HeadError,
     SpliceRelay,
-    open_tunnel,
     open_upstream,
     parse_response_head,
     poller_for,
@@ -204,7 +203,7 @@ class Proxy:
         if conn.mitm is not None:
             self._forward_intercepted(conn, head)
         elif head.form == "authority":
-            open_tunnel(self, conn, head)
+            self._connect(conn, head)
         elif head.form == "absolute":
             self._forward(conn, head)
         else:
@@ -248,6 +247,13 @@ class Proxy:
             pass
 
     # --- CONNECT -------------------------------------------------------------------------
+
+    def _connect(self, conn, head):
+        started = time.time()  # one reading: the record's start_time and the tunnel's duration
+        fields = self.records.request_fields(conn, "connect", head, started)
+        open_upstream(self, conn, head, fields, True, False,
+                      lambda upstream, answer, close: self.tunnel_opened(conn, head, fields, started, upstream, answer,
+                                                                         close))
 
     def tunnel_opened(self, conn, head, fields, started, upstream, answer, close):
         """A CONNECT's Opening is done: its tunnel (relayed, intercepted or chained), or its answer."""

@@ -25,7 +25,7 @@ from fastfog.reference.pool import UpstreamPool
 from fastfog.reference.record import IdSource, RecordBatch, json_line, rfc3339
 from fastfog.reference.relay import EdgePoller, EdgeWatch, SpliceRelay, poller_for, still_open
 from fastfog.reference.series import Count, Histogram, TunnelSeries
-from fastfog.reference.opening import open_tunnel, open_upstream
+from fastfog.reference.opening import open_upstream
 
 
 
@@ -50,7 +50,7 @@ def __getattr__(name):
 __all__ = [
     "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "Count", "Deadline",
     "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgePoller", "EdgeWatch", "HeadError", "Histogram",
-    "HostGlobSet", "IdSource", "json_line", "Limits", "open_tunnel", "open_upstream", "parse_request_head",
-    "parse_response_head", "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339",
-    "Scope", "SpliceRelay", "still_open", "TokenBucket", "TunnelSeries", "upstream_request", "UpstreamPool",
+    "HostGlobSet", "IdSource", "json_line", "Limits", "open_upstream", "parse_request_head", "parse_response_head",
+    "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
+    "still_open", "TokenBucket", "TunnelSeries", "UpstreamPool", "upstream_request",
 ]

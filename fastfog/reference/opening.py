@@ -5,11 +5,7 @@ host an IP literal or a cached name) through a lane of its own, and hands
 every other one to ``connection.Opening`` with admission's verdict. Here there
 is no separate lane: Opening serves every request, and is the behaviour the
 compiled lane is held to by the end-to-end suite, which runs on both builds.
-Likewise ``open_tunnel``: the compiled core relays the common CONNECT itself
-(hot/tunnel.pxi), and here ``Proxy.tunnel_opened`` takes every one.
 """
-
-import time
 
 
 def open_upstream(proxy, conn, head, fields, connect, reuse, done):
@@ -18,13 +14,3 @@ def open_upstream(proxy, conn, head, fields, connect, reuse, done):
     from fastfog.connection import Opening  # (connection.py imports fastfog.hotpaths, which imports this)
 
     Opening(proxy, conn, head, fields, connect, done, reuse).start()
-
-
-def open_tunnel(proxy, conn, head):
-    """Decide, dial and open the tunnel of the CONNECT ``head`` on ``conn``: Proxy.tunnel_opened
-    takes it from its upstream (or its answer) on."""
-    started = time.time()  # one reading: the record's start_time and the tunnel's duration
-    fields = proxy.records.request_fields(conn, "connect", head, started)
-    open_upstream(proxy, conn, head, fields, True, False,
-                  lambda upstream, answer, close: proxy.tunnel_opened(conn, head, fields, started, upstream, answer,
-                                                                      close))

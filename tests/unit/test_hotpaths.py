@@ -98,7 +98,7 @@ def test_type_stubs_describe_both_implementations(impl):
                         "ClientConnection", "Deadline", "still_open", "RecordBatch",
                         "upstream_request", "client_response",
                         "TokenBucket", "Scope", "Limits", "RecordsCore",
-                        "UpstreamPool", "open_tunnel"}
+                        "UpstreamPool"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
