@@ -44,9 +44,9 @@ include "hot/forwardhead.pxi"
 include "hot/series.pxi"
 include "hot/limits.pxi"  # (after relay.pxi: its clock)
 include "hot/pool.pxi"  # (after relay.pxi: its clock and its watches)
+include "hot/imports.pxi"
 include "hot/opening.pxi"
 include "hot/deadline.pxi"
-include "hot/transport.pxi"
 include "hot/client.pxi"
 include "hot/exchange.pxi"
 include "hot/records.pxi"

@@ -383,9 +383,10 @@ class Opening:
             self._resolved(task.result())
 
     def _resolve_failed(self, err):
-        self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
+        elapsed_ms = (time.monotonic() - self.lookup_started) * 1000
+        self.lookup_ms = int(elapsed_ms)
         self.proxy.metrics.incr("resolver.errors_total")
-        self.proxy.metrics.observe("resolver.lookup_time", (time.monotonic() - self.lookup_started) * 1000)
+        self.proxy.metrics.observe("resolver.lookup_time", elapsed_ms)
         status = 504 if err.timeout else 502
         message = (f"Timed out connecting to remote host: {err}" if err.timeout
                    else f"Failed to resolve remote hostname: {err}")
@@ -394,12 +395,13 @@ class Opening:
 
     def _resolved(self, addresses):  # called by start and _lookup_done, which contain errors
         proxy = self.proxy
-        self.lookup_ms = int((time.monotonic() - self.lookup_started) * 1000)
+        elapsed_ms = (time.monotonic() - self.lookup_started) * 1000
+        self.lookup_ms = int(elapsed_ms)
         if self.conn.closed:
             self._abandon()
             return
         if self.named:
-            proxy.metrics.observe("resolver.lookup_time", (time.monotonic() - self.lookup_started) * 1000)
+            proxy.metrics.observe("resolver.lookup_time", elapsed_ms)
         pick = proxy.policy.pick(addresses, self.port)
         proxy.metrics.incr(pick.address_class.metric)
         if not pick.allowed:

@@ -64,10 +64,8 @@ from fastfog.errors import HeadError  # noqa: E402  (one class for both implemen
 
 
 def __getattr__(name):
-    """``ClientConnection``, ``Exchange`` and ``RecordsCore``, bound at first use: the reference's
-    imports (connection, forward, logs) import this module."""
-    if name not in ("ClientConnection", "Exchange", "RecordsCore"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """What is bound at first use: the parts whose reference twins import modules that import this
+    one (``ClientConnection``, ``Exchange``, ``RecordsCore``; see fastfog.reference)."""
     found = globals()[name] = getattr(_implementation, name)
     return found
 

@@ -18,8 +18,8 @@ cdef class ClientConnection:
     cdef bint _timing
 
     def __init__(self, proxy, sock, address, peer_certificate=None, mitm=None):
-        if _forward is None:
-            _import_transport()
+        if not _imported:
+            _import_python()
         self.mitm = mitm
         self.proxy = proxy
         self.loop = proxy.loop

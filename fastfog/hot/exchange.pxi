@@ -36,8 +36,8 @@ cdef class Exchange:
     cdef bint _upward, _keep_alive, _sent_up, _answered, _interim, _ended
 
     def __init__(self, proxy, conn, head, fields, upstream, started, stale):
-        if _forward is None:
-            _import_transport()
+        if not _imported:
+            _import_python()
         self.proxy, self.conn, self.head, self.fields, self.upstream = proxy, conn, head, fields, upstream
         self.started, self.stale = started, stale
         self._client_watch = conn.watch()

@@ -62,36 +62,21 @@ from libc.string cimport memset
 
 import _socket as _socket_type  # the C socket type: socket.socket's Python-level __init__ costs more
 
-# Imported at first use (_import_lane): those modules import fastfog.hotpaths, which imports this one.
-cdef object _Admitted = None
-cdef object _Opening, _Upstream, _body_unread, _count_dial, _dial_failure, _unexpected_failure
-
-
-cdef _import_lane():
-    global _Admitted, _Opening, _Upstream, _body_unread, _count_dial, _dial_failure, _unexpected_failure
-    from fastfog import connection
-    _Opening, _Upstream, _body_unread = connection.Opening, connection.Upstream, connection.body_unread
-    _count_dial, _dial_failure, _unexpected_failure = (connection.count_dial, connection.dial_failure,
-                                                       connection.unexpected_failure)
-    from fastfog.admission import Admitted
-    _Admitted = Admitted
-
-
 cdef str _address_text(const sockaddr_storage* address):
-    """``ip:port`` or ``[v6]:port``, as connection.peer_text writes a socket address."""
+    """A socket address as connection.peer_text writes it: ``ip:port`` or ``[v6]:port``."""
     cdef char text[INET6_ADDRSTRLEN]
     if address.ss_family == AF_INET:
         inet_ntop(AF_INET, &(<const sockaddr_in*>address).sin_addr, text, INET6_ADDRSTRLEN)
-        return f"{text.decode('ascii')}:{ntohs((<const sockaddr_in*>address).sin_port)}"
+        return _peer_text((text.decode("ascii"), ntohs((<const sockaddr_in*>address).sin_port)))
     inet_ntop(AF_INET6, &(<const sockaddr_in6*>address).sin6_addr, text, INET6_ADDRSTRLEN)
-    return f"[{text.decode('ascii')}]:{ntohs((<const sockaddr_in6*>address).sin6_port)}"
+    return _peer_text((text.decode("ascii"), ntohs((<const sockaddr_in6*>address).sin6_port)))
 
 
 def open_upstream(proxy, conn, head, dict fields, bint connect, bint reuse, done):
     """Decide, resolve, classify and dial for one request, then ``done(upstream, answer, close)``
     (see connection.Opening, whose arguments these are)."""
-    if _Admitted is None:
-        _import_lane()
+    if not _imported:
+        _import_python()
     try:
         verdict = proxy.admission.admit(conn, head, connect)
     except Exception as err:  # a bug: this request's 500, as Opening answers it
@@ -159,12 +144,13 @@ cdef class _LaneOpening:
             metrics = proxy.metrics
             if self.named:
                 metrics.incr("resolver.attempts_total")
-            self.lookup_ms = <int>((_monotonic() - self.lookup_started) * 1000)
+            elapsed_ms = (_monotonic() - self.lookup_started) * 1000
+            self.lookup_ms = <int>elapsed_ms
             if self.conn.closed:
                 self._abandon()
                 return
             if self.named:
-                metrics.observe("resolver.lookup_time", (_monotonic() - self.lookup_started) * 1000)
+                metrics.observe("resolver.lookup_time", elapsed_ms)
             metrics.incr(self.pick.address_class.metric)
             if self.reuse:
                 pooled = proxy.pool.take(self.pick.address, self.verdict.port)
@@ -270,7 +256,7 @@ cdef class _LaneOpening:
             if c_getsockname(self.fd, <sockaddr*>&local, &length) != 0:
                 raise OSError(errno, strerror(errno).decode())
             # The remote end is the address dialed (canonical text already): no need to ask the kernel.
-            names = (_address_text(&local), f"[{address}]:{port}" if self.family == AF_INET6 else f"{address}:{port}")
+            names = (_address_text(&local), _peer_text((address, port)))
         fields["outbound_local_addr"], fields["outbound_remote_addr"] = names
         connect_ms = <int>((_monotonic() - self.dial_started) * 1000)
         verdict = self.verdict

@@ -7,23 +7,6 @@
 
 cdef bytes _TRACE_HEADER = b"x-smokescreen-trace-id"
 
-# Imported at first use (_import_records): those modules import fastfog.hotpaths, which imports this one.
-cdef tuple _CLOSE_FIELDS = None
-cdef str _DECISION, _CONNECTION_CLOSE
-cdef object _start_details, _forwarded_events, _tunnel_events
-
-
-cdef _import_records():
-    global _CLOSE_FIELDS, _DECISION, _CONNECTION_CLOSE, _start_details, _forwarded_events, _tunnel_events
-    from fastfog import logs
-    from fastfog.conntrack import CLOSE_FIELDS
-    from fastfog.reference import records
-    _DECISION, _CONNECTION_CLOSE = logs.DECISION, logs.CONNECTION_CLOSE
-    _start_details, _forwarded_events, _tunnel_events = (records.start_details, records.forwarded_events,
-                                                         records.tunnel_events)
-    _CLOSE_FIELDS = tuple(CLOSE_FIELDS)
-
-
 cdef class RecordsCore:
     """Writes one worker's records, counts its metrics and sends its webhook events (same API
     as fastfog.reference.records.RecordsCore, which documents it)."""
@@ -31,8 +14,8 @@ cdef class RecordsCore:
     cdef public IdSource ids
 
     def __init__(self, config, log, metrics):
-        if _CLOSE_FIELDS is None:
-            _import_records()
+        if not _imported:
+            _import_python()
         self.config, self.log, self.metrics = config, log, metrics
         self.ids = IdSource()
         self.webhooks = None

@@ -4,6 +4,8 @@
 selects these.
 """
 
+import importlib
+
 from fastfog.errors import HeadError
 from fastfog.reference.accept import accept_batch
 from fastfog.reference.buffered import BufferedRelay
@@ -29,22 +31,15 @@ from fastfog.reference.opening import open_upstream
 
 
 
+# Imported at first use: these modules import fastfog.connection or fastfog.logs, which import
+# fastfog.hotpaths, which imports this package.
+_LATE = {"ClientConnection": "client", "Exchange": "exchange", "RecordsCore": "records"}
+
+
 def __getattr__(name):
-    """``ClientConnection``, ``Exchange`` and ``RecordsCore``, imported at first use: their modules
-    import fastfog.connection or fastfog.logs, which import fastfog.hotpaths, which imports this package."""
-    if name == "ClientConnection":
-        from fastfog.reference.client import ClientConnection
-
-        return ClientConnection
-    if name == "Exchange":
-        from fastfog.reference.exchange import Exchange
-
-        return Exchange
-    if name == "RecordsCore":
-        from fastfog.reference.records import RecordsCore
-
-        return RecordsCore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _LATE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fastfog.reference.{_LATE[name]}"), name)
 
 
 __all__ = [
