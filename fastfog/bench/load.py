@@ -386,16 +386,22 @@ async def run_connect(target, origin, concurrency, seconds, request_size, reply_
     return work.tally
 
 
+def client_tls(ca_file, client_file):
+    """A TLS client context with the certificate (and key) in ``client_file``, trusting ``ca_file``."""
+    tls = ssl.create_default_context(cafile=ca_file)
+    tls.load_cert_chain(client_file)
+    return tls
+
+
 async def run_connect_tls(target, origin, concurrency, seconds, request_size, reply_size, ca_file, client_file,
                           resume):
     """``connect`` through the proxy at ``target`` over TLS with the client certificate in
     ``client_file`` (a PEM with its key), trusting ``ca_file``; ``resume``: each handshake offers
     the last session it got."""
     loop = asyncio.get_running_loop()
-    tls = ssl.create_default_context(cafile=ca_file)
-    tls.load_cert_chain(client_file)
     work = Workload(loop, _TlsTunnel, target, concurrency, seconds, head=connect_head(*origin),
-                    request=b"q" * request_size, reply_size=reply_size, tls=tls, resume=resume)
+                    request=b"q" * request_size, reply_size=reply_size, tls=client_tls(ca_file, client_file),
+                    resume=resume)
     work.start()
     await work.finished
     return work.tally
@@ -446,8 +452,10 @@ def run_bulk(target, origin, size):
     return tally
 
 
-def open_idle(target, origin, count, timeout=10):
-    """Open ``count`` tunnels through ``target`` and leave them idle: (sockets, errors by kind)."""
+def open_idle(target, origin, count, timeout=10, tls=None):
+    """Open ``count`` tunnels through ``target`` and leave them idle: (sockets, errors by kind).
+    ``tls``: a client context, to open them through a TLS listener (the tunnels are then TLS
+    sockets, their handshakes done)."""
     sockets, tally = [], Tally()
     for _ in range(count):
         try:
@@ -456,6 +464,8 @@ def open_idle(target, origin, count, timeout=10):
             tally.error(f"connect: {type(err).__name__}")
             continue
         try:
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=target[0])
             sock.sendall(connect_head(*origin))
             head = b""
             while b"\r\n\r\n" not in head:
@@ -473,11 +483,12 @@ def open_idle(target, origin, count, timeout=10):
 
 
 def still_open(sock):
-    """True when neither end of stream nor an error is waiting on an idle tunnel's socket."""
+    """True when neither end of stream nor an error is waiting on an idle tunnel's socket (a TLS
+    one's too: nothing is sent to an idle tunnel, so whatever arrives is its end)."""
     sock.setblocking(False)
     try:
         return sock.recv(1) != b""
-    except BlockingIOError:
+    except (BlockingIOError, ssl.SSLWantReadError):
         return True
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False

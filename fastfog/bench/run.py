@@ -332,11 +332,13 @@ class Target:
         return None if self.process is None else self.process.pid
 
 
-WORKLOADS = ("connect", "http", "bulk", "fixed-rate", "idle", "dns", "connect-tls", "connect-tls-resumed")
+WORKLOADS = ("connect", "http", "bulk", "fixed-rate", "idle", "dns", "connect-tls", "connect-tls-resumed",
+             "idle-tls")
 PROXY_ONLY = frozenset({"idle", "dns"})
-TLS_WORKLOADS = frozenset({"connect-tls", "connect-tls-resumed"})  # fastfog's TLS listener only
+TLS_WORKLOADS = frozenset({"connect-tls", "connect-tls-resumed", "idle-tls"})  # fastfog's TLS listener only
 UNITS = {"connect": "tunnels/s", "http": "requests/s", "bulk": "GB/s up", "fixed-rate": "p99 ms",
-         "idle": "KiB/tunnel", "dns": "name/IP", "connect-tls": "tunnels/s", "connect-tls-resumed": "tunnels/s"}
+         "idle": "KiB/tunnel", "dns": "name/IP", "connect-tls": "tunnels/s", "connect-tls-resumed": "tunnels/s",
+         "idle-tls": "KiB/tunnel"}
 
 
 def _latencies(tally):
@@ -357,7 +359,7 @@ def measure(bench, workload, target, args):
     cpu_before = proxy_cpu_seconds(target.pid) if target.pid else None
     busy_start = cpu_times()  # (connect and http take their own reading, after the warm-up)
     result = {"workload": workload, "target": target.name, "unit": UNITS[workload]}
-    if workload in TLS_WORKLOADS:
+    if workload in ("connect-tls", "connect-tls-resumed"):
         address, process, options["pki"] = target.tls
         cpu_before = proxy_cpu_seconds(process.pid)
         if args.warmup:
@@ -382,11 +384,15 @@ def measure(bench, workload, target, args):
         tally = bench.run_load("connect", target.address, **{**options, "rate": args.rate}, processes=1)
         result.update(**_latencies(tally), rate=args.rate)
         result["value"] = result["p99_ms"]
-    elif workload == "idle":
-        before = rss_kib(target.pid) if target.pid else None
-        sockets, errors = load.open_idle(target.address, origin, args.idle)
+    elif workload in ("idle", "idle-tls"):
+        address, pid, tls = target.address, target.pid, None
+        if workload == "idle-tls":
+            address, process, pki = target.tls
+            pid, tls = process.pid, load.client_tls(pki["ca"], pki["client"])
+        before = rss_kib(pid) if pid else None
+        sockets, errors = load.open_idle(address, origin, args.idle, tls=tls)
         time.sleep(0.2)
-        after = rss_kib(target.pid) if target.pid else None
+        after = rss_kib(pid) if pid else None
         open_at_end = sum(load.still_open(sock) for sock in sockets)
         for sock in sockets:
             sock.close()
@@ -423,7 +429,7 @@ def _format(result, direct, others=()):
     value = result.get("value")
     if value is None:  # not measured for this target
         text = "-"
-    elif result["workload"] in ("connect", "http", *TLS_WORKLOADS):
+    elif result["workload"] in ("connect", "http", "connect-tls", "connect-tls-resumed"):
         text = f"{value:,.0f}"
     else:
         text = f"{value:.2f}"

@@ -22,7 +22,8 @@ def test_a_short_run_of_every_workload(tmp_path):
     seen = {(row["workload"], row["target"]): row for row in data["results"]}
     expected = {(workload, target) for workload in ("connect", "http", "bulk", "fixed-rate")
                 for target in ("direct", "fastfog")} | {("idle", "fastfog"), ("dns", "fastfog"),
-                                                        ("connect-tls", "fastfog"), ("connect-tls-resumed", "fastfog")}
+                                                        ("connect-tls", "fastfog"), ("connect-tls-resumed", "fastfog"),
+                                                        ("idle-tls", "fastfog")}
     assert set(seen) == expected
     assert all(row["errors"] == {} for row in data["results"])
     assert all("bound_by" in row and "load_cpu_busy" in row for row in data["results"])  # every workload says
@@ -30,12 +31,13 @@ def test_a_short_run_of_every_workload(tmp_path):
         assert seen[("connect", target)]["value"] > 0 and seen[("http", target)]["value"] > 0
         assert seen[("bulk", target)]["value"] > 0 and seen[("bulk", target)]["down"] > 0
         assert seen[("fixed-rate", target)]["p99_ms"] > 0
-    assert seen[("idle", "fastfog")]["tunnels"] == 20
+    assert seen[("idle", "fastfog")]["tunnels"] == 20 and seen[("idle-tls", "fastfog")]["tunnels"] == 20
     assert seen[("dns", "fastfog")]["by_name"] > 0 and seen[("dns", "fastfog")]["by_ip"] > 0
     table = result.stdout.splitlines()
     assert table[0].split() == ["workload", "unit", "direct", "fastfog"]
     assert [line.split()[0] for line in table[2:] if not line.startswith(" ")] == [
-        "connect", "http", "bulk", "fixed-rate", "idle", "dns", "connect-tls", "connect-tls-resumed"]
+        "connect", "http", "bulk", "fixed-rate", "idle", "dns", "connect-tls", "connect-tls-resumed",
+        "idle-tls"]
     details = [line.split()[:2] for line in table[2:] if line.startswith(" ")]
     assert details[:3] == [["p50", "ms"], ["p99", "ms"], ["proxy", "CPU"]]  # under connect
     assert seen[("connect-tls", "fastfog")]["value"] > 0 and seen[("connect-tls", "fastfog")]["resumed_share"] == 0
