@@ -48,7 +48,7 @@ from fastfog.records import Records
 from fastfog import reasons
 from fastfog.reasons import CODE_SNI
 from fastfog.snicheck import SniCheck, sni_matches
-from fastfog.tls import ClientTLSSocket, OriginHandshake, SocketTransport, TLSRelay
+from fastfog.tls import ClientTLSSocket, OriginHandshake, SocketTransport
 
 LINGER_SECONDS = 1.0  # how long a closing connection discards what its client still sends
 LINGER_BYTES = 1 << 20
@@ -324,19 +324,13 @@ class Proxy:
         self.records.started(fields)
         tunnel = self.conntrack.opened(fields, started, upstream)
         first_bytes = bytes(conn.buffer)
-        if conn.tls and proxy_transport is None:
-            upstream.unwatch()
-            tunnel.relay = TLSRelay(self.loop, conn.sock, upstream.sock, tunnel,
-                                    first_bytes)
-            tunnel.relay.start()
-            return None
-        if proxy_transport is None:
+        if proxy_transport is None:  # (a TLS client's too: the relay reads and writes it through OpenSSL)
             tunnel.relay = SpliceRelay(self.loop, conn.sock, upstream.sock, tunnel,
                                        first_bytes)
             tunnel.relay.start(upstream.watch)
             upstream.watch = None  # the relay's now
             return None
-        # One leg is TLS: relay in user space, through the transports.
+        # Chained through an upstream proxy: relay in user space, through its transport.
         tunnel.relay = BufferedRelay(self.loop, tunnel, first_bytes,
                                      proxy_leftover)
         tunnel.relay.attach(None, proxy_transport)

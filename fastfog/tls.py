@@ -29,12 +29,10 @@ import errno
 import re
 import socket
 import ssl
-import sys
 
 from cryptography import x509
 
 from fastfog import sockio
-from fastfog.reference.relay import SpliceRelay as PythonRelay
 
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----", re.S)
 
@@ -58,6 +56,8 @@ class ClientTLSSocket(ssl.SSLSocket):
             return super().recv(size, flags)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise BlockingIOError(errno.EAGAIN, "TLS record not complete yet") from None
+        except ssl.SSLZeroReturnError:  # the peer's close_notify after ours (the other way ended first)
+            return b""
 
     def send(self, data, flags=0):
         try:
@@ -201,14 +201,6 @@ class SocketTransport:
             self._loop.remove_writer(self._fd)
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
-
-
-class TLSRelay(PythonRelay):
-    """A CONNECT tunnel whose client leg is TLS. The bytes pass through OpenSSL in user space
-    anyway, so this relay copies with the sockets' own recv/send and never splices; otherwise it
-    is the splice relay's machine (fastfog.reference.relay), with the same attributes."""
-
-    copy_limit = sys.maxsize  # never splice
 
 
 class OriginHandshake:
@@ -387,6 +379,10 @@ class ServerTLS:
         self.context = context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_RENEGOTIATION
+        # A client's TCP end without close_notify is an end of its stream, as Go's TLS takes one at
+        # a record boundary, not a fatal error: OpenSSL 3 would answer it with a decode_error alert
+        # and refuse to write the rest of the other way (a tunnel's answer after the client's half-close).
+        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
         context.sslsocket_class = ClientTLSSocket
         cert_file, key_file = tls["cert_file"], tls["key_file"] or tls["cert_file"]
         try:

@@ -1,9 +1,11 @@
 """Helpers shared by the tests."""
 
 import asyncio
+import os
 import socket
 
 import pytest
+import uvloop
 
 from fastfog import hotpaths
 from fastfog.errors import HeadError
@@ -72,3 +74,28 @@ def client_hello(server_name):
     except ssl.SSLWantReadError:
         return outgoing.read()
     raise AssertionError("a client handshake finished without a server")
+
+
+def run_watched(coroutine):
+    """Run ``coroutine`` (20 s at most); an error reported to the loop's exception handler (and
+    survived) fails the test too."""
+    reported = []
+
+    async def watched():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        return await asyncio.wait_for(coroutine, 20)
+
+    result = uvloop.run(watched())
+    assert reported == []
+    return result
+
+
+def open_pipes():
+    """How many pipes this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except FileNotFoundError:  # the descriptor listdir itself used
+            pass
+    return count

@@ -1,9 +1,12 @@
-# Relaying a tunnel between two plaintext TCP sockets: copy, then splice(2).
+# Relaying a tunnel between two TCP sockets: copy, then splice(2).
 #
 # The same machine as fastfog/reference/relay.py, whose docstring describes it
-# (the edge-triggered EdgePoller included); here each edge is one call into C
-# that moves the bytes with recv/send/splice/shutdown system calls and touches
-# Python only to close.
+# (the edge-triggered EdgePoller and TLS sockets included); here each edge is one
+# call into C that moves the bytes with recv/send/splice/shutdown system calls and
+# touches Python only to close. A TLS socket is read and written through its
+# OpenSSL connection (ssl.SSLSocket._sslobj: ssl.py's Python frames around it only
+# check what fastfog's own sockets always are), reading into the same scratch
+# buffer as recv does.
 
 from libc.errno cimport EAGAIN, EEXIST, EINTR, errno
 from libc.string cimport strerror
@@ -58,9 +61,15 @@ cdef extern from "<sys/socket.h>":
         MSG_PEEK
         MSG_DONTWAIT
 
+from cpython.buffer cimport PyBUF_WRITE
+from cpython.memoryview cimport PyMemoryView_FromMemory
+
 import socket as _socket
+import ssl as _ssl
 import struct as _struct
 import weakref as _weakref
+
+from fastfog.reference.relay import error_text as _error_text
 
 cdef enum:
     SPLICE_CHUNK = 1 << 20
@@ -71,8 +80,13 @@ cdef enum:
     RELAY_COPY_CHUNK = 64 << 10
     POLLER_BATCH = 128
 
-# Copied bytes pass through here: the loop runs one callback at a time, so one buffer serves all.
+# Copied bytes pass through here: the loop runs one callback at a time, so one buffer serves all
+# (a TLS socket's reads too, through the view).
 cdef char relay_scratch[RELAY_COPY_CHUNK]
+cdef object relay_scratch_view = PyMemoryView_FromMemory(relay_scratch, RELAY_COPY_CHUNK, PyBUF_WRITE)
+
+cdef enum:
+    RELAY_FAILED = -1000000  # a TLS call failed and the relay is closed already (not an errno)
 
 cdef unsigned int RELAY_FLAGS = SPLICE_F_NONBLOCK | SPLICE_F_MOVE
 cdef uint32_t READ_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
@@ -280,11 +294,17 @@ cpdef EdgePoller poller_for(loop):
     return <EdgePoller>poller
 
 
+cdef inline object _tls_of(object sock):
+    return sock._sslobj if isinstance(sock, _ssl.SSLSocket) else None
+
+
 cdef class _SpliceDirection:
     """One way through the tunnel: src socket → (user space, later a pipe) → dst socket."""
     cdef SpliceRelay relay
     cdef object src
     cdef object dst
+    cdef object src_tls  # a TLS socket's OpenSSL connection, or None: a plain socket
+    cdef object dst_tls
     cdef int src_fd
     cdef int dst_fd
     cdef int pipe_r
@@ -308,6 +328,7 @@ cdef class _SpliceDirection:
         self.relay = relay
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self.src_tls, self.dst_tls = _tls_of(src), _tls_of(dst)
         self.pending = pending
         return 0
 
@@ -319,16 +340,38 @@ cdef class _SpliceDirection:
         self.pipe_r, self.pipe_w = fds[0], fds[1]
         return 0
 
+    cdef ssize_t receive(self) noexcept:
+        """One read of src into the scratch buffer: bytes read (0 at end of stream), -errno
+        (-EAGAIN: nothing to read, or no whole TLS record yet), or RELAY_FAILED."""
+        cdef ssize_t received
+        if self.src_tls is None:
+            while True:
+                received = recv(self.src_fd, relay_scratch, RELAY_COPY_CHUNK, 0)
+                if received >= 0:
+                    return received
+                if errno != EINTR:
+                    return -errno
+        try:
+            return self.src_tls.read(RELAY_COPY_CHUNK, relay_scratch_view)  # 0 after close_notify
+        except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+            return -EAGAIN
+        except (_ssl.SSLZeroReturnError, _ssl.SSLEOFError):  # close_notify after fastfog's own (the
+            return 0                                              # other way ended first), or none at all
+        except Exception as err:
+            self.relay.fail(err)
+            return RELAY_FAILED
+
     cdef ssize_t copy(self) noexcept:
-        """One recv into the scratch buffer, sent on at once; what dst does not take waits in
-        ``pending``. Bytes received (0 at end of stream), or -errno (-EAGAIN: nothing to read)."""
+        """One read, sent on at once; what dst does not take waits in ``pending``. Bytes
+        received (0 at end of stream), or as receive()."""
         cdef ssize_t received, sent, n
-        while True:
-            received = recv(self.src_fd, relay_scratch, RELAY_COPY_CHUNK, 0)
-            if received >= 0:
-                break
-            if errno != EINTR:
-                return -errno
+        received = self.receive()
+        if received <= 0:
+            return received
+        if self.dst_tls is not None:  # drain() writes it through OpenSSL
+            self.pending = PyBytes_FromStringAndSize(relay_scratch, received)
+            self.pending_sent = 0
+            return received
         sent = 0
         while sent < received:
             n = send(self.dst_fd, relay_scratch + sent, received - sent, MSG_NOSIGNAL)
@@ -345,11 +388,31 @@ cdef class _SpliceDirection:
             self.pending_sent = 0
         return received
 
-    cdef int drain(self) noexcept:
-        """Move pending bytes, then the pipe, into dst: 1 done, 0 dst full, -errno on error."""
+    cdef ssize_t send_tls(self) noexcept:
+        """Write the rest of ``pending`` through dst's OpenSSL connection (whole, or not at all):
+        bytes written, -EAGAIN (no room yet), or RELAY_FAILED."""
+        data = self.pending if self.pending_sent == 0 else self.pending[self.pending_sent:]
+        try:
+            return self.dst_tls.write(data)
+        except (_ssl.SSLWantWriteError, _ssl.SSLWantReadError):
+            return -EAGAIN
+        except Exception as err:
+            self.relay.fail(err)
+            return RELAY_FAILED
+
+    cdef ssize_t drain(self) noexcept:
+        """Move pending bytes, then the pipe, into dst: 1 done, 0 dst full, -errno on error (or
+        RELAY_FAILED)."""
         cdef ssize_t n
         cdef const char* data
         while self.pending is not None and self.pending_sent < len(self.pending):
+            if self.dst_tls is not None:
+                n = self.send_tls()
+                if n < 0:
+                    return 0 if n == -EAGAIN else n
+                self.pending_sent += n
+                self.moved += n
+                continue
             data = PyBytes_AS_STRING(self.pending)
             n = send(self.dst_fd, data + self.pending_sent, len(self.pending) - self.pending_sent, MSG_NOSIGNAL)
             if n < 0:
@@ -372,9 +435,8 @@ cdef class _SpliceDirection:
     cdef void pump(self) noexcept:
         """Move bytes until src has none, dst takes none, or the budget is spent."""
         cdef SpliceRelay relay = self.relay
-        cdef ssize_t received
+        cdef ssize_t received, drained
         cdef long long budget = relay.budget
-        cdef int drained
         while not relay.closed:
             if self.pending is not None or self.in_pipe > 0:
                 if not self.dst_ready:
@@ -399,7 +461,8 @@ cdef class _SpliceDirection:
                     except Exception:  # a closed loop: nothing will run again anyway
                         pass
                 return
-            if self.pipe_r < 0 and self.moved < RELAY_COPY_LIMIT:
+            if self.pipe_r < 0 and (self.moved < RELAY_COPY_LIMIT or self.src_tls is not None
+                                    or self.dst_tls is not None):  # TLS bytes are never spliced
                 received = self.copy()
                 if received == -EAGAIN:
                     self.src_ready = False
@@ -437,8 +500,18 @@ cdef class _SpliceDirection:
 
     cdef void maybe_finish(self) noexcept:
         if self.eof and self.in_pipe == 0 and self.pending is None and not self.done:
+            if self.dst_tls is not None:  # read what the peer sent first: see the reference's docstring
+                self.relay.read_before_close_notify(self)
+                if self.relay.closed:  # (failed meanwhile)
+                    return
             self.done = True
-            c_shutdown(self.dst_fd, SHUT_WR)  # an error here means the peer is gone: the other side will see
+            if self.dst_tls is None:
+                c_shutdown(self.dst_fd, SHUT_WR)  # an error here means the peer is gone: the other side will see
+            else:
+                try:
+                    self.dst.shutdown(_socket.SHUT_WR)  # close_notify, then the TCP half-close
+                except Exception:
+                    pass
             self.relay.direction_done()
 
     cdef void close_pipe(self) noexcept:
@@ -531,13 +604,29 @@ cdef class SpliceRelay:
             writing.dst_ready = True
             writing.pump()
 
+    cdef void read_before_close_notify(self, _SpliceDirection finished) noexcept:
+        cdef _SpliceDirection reverse = self._inbound if finished is self._outbound else self._outbound
+        if not reverse.eof:
+            reverse.src_ready = True  # a read that finds nothing only says EAGAIN
+            reverse.pump()
+
     cdef void direction_done(self):
         if self._outbound.done and self._inbound.done:
             self.close_all()
 
     cdef void abort(self, int error_number):
+        if not self.closed:  # (closed already after RELAY_FAILED)
+            self.reset(strerror(error_number).decode())
+
+    cdef void fail(self, object err):
+        """A TLS call on one of the sockets raised ``err``."""
+        self.reset(_error_text(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}")
+
+    cdef void reset(self, str error):
+        if self.closed:
+            return
         if self.error is None:
-            self.error = strerror(error_number).decode()
+            self.error = error
         for sock in (self.client, self.upstream):  # reset both peers: neither may think it got everything
             try:
                 sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)

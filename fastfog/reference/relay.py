@@ -1,4 +1,4 @@
-"""Relaying a tunnel between two plaintext TCP sockets with splice(2), in pure Python.
+"""Relaying a tunnel between two TCP sockets with splice(2), in pure Python.
 
 Most tunnels a webhook sender opens carry a few kilobytes each way, so each
 direction starts by copying: one recv, sent on at once, through user space.
@@ -29,13 +29,25 @@ that are already there). The relay counts bytes each way and remembers when
 it last saw activity, for the close record and idle checks. ``first_bytes``
 (what the client sent after its request head, in the same read) goes to the
 upstream before anything else.
+
+Either socket may be TLS (an mTLS client's, ``tls.ClientTLSSocket``: OpenSSL's want-read
+and want-write come out of it as BlockingIOError, and its ``shutdown`` sends close_notify
+before the TCP half-close). Its bytes pass through OpenSSL in user space anyway, so such a
+tunnel copies and never splices; everything else is the same machine. A TLS failure (a bad
+record, say) closes the tunnel like a reset, with OpenSSL's reason as the error. Before the
+close_notify, the relay reads what that peer has sent already: CPython's shutdown goes on to
+read the socket for the peer's close_notify, and OpenSSL drops application data it reads
+there. (Bytes that arrive in the microseconds between the two reads are still exposed to
+that; a TLS leg over memory BIOs would close the gap.)
 """
 
 import fcntl
 import os
 import select
 import socket
+import ssl
 import struct
+import sys
 import time
 import weakref
 
@@ -227,6 +239,18 @@ def _remember(loop):
     return poller
 
 
+def is_tls(sock):
+    return isinstance(sock, ssl.SSLSocket)
+
+
+def error_text(err):
+    """A relay's ``error`` for a socket's failure: the system's words for its errno, or
+    OpenSSL's reason for a TLS one (whose errno is OpenSSL's error kind, not the system's)."""
+    if isinstance(err, ssl.SSLError):
+        return err.reason or str(err)
+    return os.strerror(err.errno) if err.errno else str(err)
+
+
 class _Direction:
     """One way through the tunnel: src socket → (user space, later a pipe) → dst socket."""
 
@@ -315,6 +339,10 @@ class _Direction:
 
     def _maybe_finish(self):
         if self.eof and not self.in_pipe and not self.pending and not self.done:
+            if is_tls(self.dst):
+                self.relay._read_before_close_notify(self)
+                if self.relay.closed:  # (failed meanwhile)
+                    return
             self.done = True
             try:
                 self.dst.shutdown(socket.SHUT_WR)
@@ -337,11 +365,11 @@ class SpliceRelay:
     failed (None after two clean ends of stream or ``close()``).
     """
 
-    copy_limit = COPY_LIMIT
     budget = _BUDGET  # bytes a direction moves before it lets other connections run
 
     def __init__(self, loop, client, upstream, on_close, first_bytes=b""):
         self._loop = loop
+        self.copy_limit = sys.maxsize if is_tls(client) or is_tls(upstream) else COPY_LIMIT
         self.client, self.upstream = client, upstream
         self._client_fd = client.fileno()
         self._on_close = on_close
@@ -401,13 +429,22 @@ class SpliceRelay:
             writing.dst_ready = True
             writing.pump()
 
+    def _read_before_close_notify(self, finished):
+        """``finished`` is about to send close_notify to its TLS destination: first read what that
+        peer has sent already (the edge may not have come yet), since OpenSSL's close_notify step
+        reads the socket too, and would drop application data it found there."""
+        reverse = self._inbound if finished is self._outbound else self._outbound
+        if not reverse.eof:
+            reverse.src_ready = True  # a read that finds nothing only says EAGAIN
+            reverse.pump()
+
     def _direction_done(self):
         if self._outbound.done and self._inbound.done:
             self._close_all()
 
     def _abort(self, err):
         if self.error is None:
-            self.error = os.strerror(err.errno) if err.errno else str(err)
+            self.error = error_text(err)
         for sock in (self.client, self.upstream):  # reset both peers: neither may think it got everything
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

@@ -7,10 +7,9 @@ import socket
 import struct
 
 import pytest
-import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import IMPLEMENTATIONS, tcp_pair
+from support import IMPLEMENTATIONS, open_pipes, run_watched as run, tcp_pair
 
 pytestmark = pytest.mark.netns  # loopback of the test namespace
 
@@ -40,19 +39,6 @@ class Tunnel:
     def close(self):
         self.client.close()
         self.origin.close()
-
-
-def run(coroutine):
-    """Run a scenario; an error the relay reported to the loop (and survived) fails it too."""
-    reported = []
-
-    async def watched():
-        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
-        return await asyncio.wait_for(coroutine, 20)
-
-    result = uvloop.run(watched())
-    assert reported == []
-    return result
 
 
 def test_both_directions_counts_and_first_bytes(impl):
@@ -109,16 +95,6 @@ def test_the_relay_takes_a_dialed_socket_over_from_its_watch(impl, origin_spoke_
         assert (relay.bytes_in, relay.error) == (10 if origin_spoke_first else 4, None)
         tunnel.close()
     run(scenario())
-
-
-def open_pipes():
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
-        except FileNotFoundError:  # the descriptor listdir itself used
-            pass
-    return count
 
 
 def test_small_tunnels_copy_and_bulk_directions_switch_to_pipes(impl):
