@@ -1,7 +1,7 @@
 """Typed face of fastfog's compiled hot paths (same API as fastfog.reference)."""
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Literal
 
@@ -232,6 +232,31 @@ class RecordsCore:
     def forwarded(self, head: Any, fields: dict[str, Any], upstream: Any, started: float, status: int,
                   content_length: int | None) -> None: ...
     def tunnel_closed(self, tunnel: Any) -> None: ...
+
+class Tunnel:
+    relay: Any
+    values: tuple[Any, ...]
+    tls_sni: str | None
+    started: float
+    role: str | None
+    active_at_termination: bool
+    details: tuple[dict[str, Any], Any] | None
+    proxy_type: str
+    requested_host: Any
+    project: Any
+    outbound_remote_addr: Any
+    def __call__(self, relay: Any) -> None: ...
+
+class ConntrackCore:
+    limits: Any
+    records: Any
+    on_close: Callable[[], object]
+    tunnels: set[Tunnel]
+    def __init__(self, limits: Any, records: Any, on_close: Callable[[], object]) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Tunnel]: ...
+    def opened(self, fields: dict[str, Any], started: float, upstream: Any) -> Tunnel: ...
+    def closed(self, tunnel: Tunnel) -> None: ...
 
 class UpstreamPool:
     max_idle: int

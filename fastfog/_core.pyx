@@ -44,6 +44,7 @@ include "hot/forwardhead.pxi"
 include "hot/series.pxi"
 include "hot/limits.pxi"  # (after relay.pxi: its clock)
 include "hot/pool.pxi"  # (after relay.pxi: its clock and its watches)
+include "hot/conntrack.pxi"  # (after limits.pxi: its tunnel counts)
 include "hot/imports.pxi"
 include "hot/opening.pxi"
 include "hot/deadline.pxi"

@@ -33,6 +33,7 @@ DEFAULT_MAX_HEADERS = _implementation.DEFAULT_MAX_HEADERS
 BufferedRelay = _implementation.BufferedRelay
 accept_batch = _implementation.accept_batch
 CidrTable = _implementation.CidrTable
+ConntrackCore = _implementation.ConntrackCore
 Count = _implementation.Count
 Deadline = _implementation.Deadline
 EdgeWatch = _implementation.EdgeWatch
@@ -47,6 +48,7 @@ RecordBatch = _implementation.RecordBatch
 RequestHead = _implementation.RequestHead
 ResponseHead = _implementation.ResponseHead
 SpliceRelay = _implementation.SpliceRelay
+Tunnel = _implementation.Tunnel
 TunnelSeries = _implementation.TunnelSeries
 client_hello_sni = _implementation.client_hello_sni
 rfc3339 = _implementation.rfc3339
@@ -71,11 +73,12 @@ def __getattr__(name):
 
 
 __all__ = [
-    "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "COMPILED", "Count",
+    "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "COMPILED",
+    "ConntrackCore", "Count",
     "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgeWatch", "HeadError", "Histogram", "HostGlobSet",
     "IdSource", "json_line", "Limits", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
-    "still_open", "TokenBucket", "TunnelSeries", "UpstreamPool", "upstream_request",
+    "still_open", "TokenBucket", "Tunnel", "TunnelSeries", "UpstreamPool", "upstream_request",
 ]
 
 

@@ -11,7 +11,6 @@ cdef object _forward, _responses, _LengthBody, _UntilClose, _LevelWatch, _SSLSoc
 cdef object _sockio_sendall
 cdef Py_ssize_t _READ_SIZE, _MAX_HEAD_SIZE
 # the records (hot/records.pxi)
-cdef tuple _CLOSE_FIELDS
 cdef str _DECISION, _CONNECTION_CLOSE
 cdef object _start_details, _forwarded_events, _tunnel_events
 
@@ -20,9 +19,9 @@ cdef _import_python():
     global _imported, _Admitted, _Opening, _Upstream, _body_unread, _count_dial, _dial_failure, _unexpected_failure
     global _forward, _responses, _LengthBody, _UntilClose, _LevelWatch, _SSLSocket, _x509_fields, _peer_text
     global _sockio_sendall, _READ_SIZE, _MAX_HEAD_SIZE
-    global _CLOSE_FIELDS, _DECISION, _CONNECTION_CLOSE, _start_details, _forwarded_events, _tunnel_events
+    global _DECISION, _CONNECTION_CLOSE, _start_details, _forwarded_events, _tunnel_events
     import ssl
-    from fastfog import connection, conntrack, forward, logs, responses, sockio
+    from fastfog import connection, forward, logs, responses, sockio
     from fastfog.admission import Admitted
     from fastfog.reference import records
     _Admitted, _Opening, _Upstream = Admitted, connection.Opening, connection.Upstream
@@ -33,7 +32,6 @@ cdef _import_python():
     _LengthBody, _UntilClose = forward.LengthBody, forward.UntilClose
     _x509_fields, _peer_text, _sockio_sendall = connection.x509_fields, connection.peer_text, sockio.sendall
     _READ_SIZE, _MAX_HEAD_SIZE = connection.READ_SIZE, connection.MAX_HEAD_SIZE
-    _CLOSE_FIELDS = tuple(conntrack.CLOSE_FIELDS)
     _DECISION, _CONNECTION_CLOSE = logs.DECISION, logs.CONNECTION_CLOSE
     _start_details, _forwarded_events, _tunnel_events = (records.start_details, records.forwarded_events,
                                                          records.tunnel_events)

@@ -78,8 +78,8 @@ cdef class RecordsCore:
         cdef tuple values = tunnel.values
         cdef dict record = {}
         cdef Py_ssize_t index
-        for index in range(len(_CLOSE_FIELDS)):
-            record[_CLOSE_FIELDS[index]] = values[index]
+        for index in range(len(_TUNNEL_FIELDS)):
+            record[_TUNNEL_FIELDS[index]] = values[index]
         bytes_in, bytes_out = relay.bytes_in, relay.bytes_out
         record["bytes_in"] = bytes_in
         record["bytes_out"] = bytes_out

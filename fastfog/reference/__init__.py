@@ -11,6 +11,7 @@ from fastfog.reference.accept import accept_batch
 from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.clienthello import client_hello_sni
+from fastfog.reference.conntrack import ConntrackCore, Tunnel
 from fastfog.reference.deadline import Deadline
 from fastfog.reference.forwardhead import client_response, rewrite_head, upstream_request
 from fastfog.reference.hostglob import HostGlobSet
@@ -43,9 +44,10 @@ def __getattr__(name):
 
 
 __all__ = [
-    "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "Count", "Deadline",
+    "accept_batch", "BufferedRelay", "CidrTable", "client_hello_sni", "client_response", "ConntrackCore", "Count",
+    "Deadline",
     "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgePoller", "EdgeWatch", "HeadError", "Histogram",
     "HostGlobSet", "IdSource", "json_line", "Limits", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
-    "still_open", "TokenBucket", "TunnelSeries", "UpstreamPool", "upstream_request",
+    "still_open", "TokenBucket", "Tunnel", "TunnelSeries", "UpstreamPool", "upstream_request",
 ]

@@ -25,7 +25,7 @@ implementations send (a decision's fields, the webhook events' details).
 import time
 
 from fastfog import logs
-from fastfog.conntrack import CLOSE_FIELDS
+from fastfog.reference.conntrack import CLOSE_FIELDS
 from fastfog.reference.record import IdSource, rfc3339
 
 TRACE_HEADER = b"x-smokescreen-trace-id"

@@ -98,7 +98,7 @@ def test_type_stubs_describe_both_implementations(impl):
                         "ClientConnection", "Deadline", "still_open", "RecordBatch",
                         "upstream_request", "client_response",
                         "TokenBucket", "Scope", "Limits", "RecordsCore",
-                        "UpstreamPool"}
+                        "UpstreamPool", "ConntrackCore", "Tunnel"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -125,9 +125,12 @@ def test_type_stubs_describe_both_implementations(impl):
                                                     max_concurrent_requests=0, max_concurrent_connect_tunnels=0,
                                                     role_limits={})),
         "RecordBatch": impl.RecordBatch(impl.json_line, lambda: None),
+        "ConntrackCore": impl.ConntrackCore(None, None, lambda: None),
         "ClientConnection": impl.ClientConnection(types.SimpleNamespace(loop=loop, connections=set()), client,
                                                   ("127.0.0.1", 1)),
     }
+    samples["Tunnel"] = impl.ConntrackCore(samples["Limits"], types.SimpleNamespace(webhooks=None),
+                                           lambda: None).opened({"role": None}, 0.0, None)
     samples["EdgeWatch"].forget()
     samples["SpliceRelay"].close()
     loop.close()
