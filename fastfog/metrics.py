@@ -215,8 +215,11 @@ class Metrics:
         if result is None:
             return
         project, default_rule = decision.project, decision.default_rule
-        count, labels = self._remembered(self._acl, (role, project, default_rule, result),
-                                         lambda: self._acl_series(result, role, project, default_rule))
+        key = (role, project, default_rule, result)
+        found = self._acl.get(key)  # (the common case, without making the closure below)
+        if found is None:
+            found = self._remembered(self._acl, key, lambda: self._acl_series(result, role, project, default_rule))
+        count, labels = found
         count.add(1)
         if self.statsd is not None:
             self.statsd.add("acl." + result, 1, "c", labels)

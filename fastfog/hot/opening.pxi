@@ -105,6 +105,15 @@ def open_upstream(proxy, conn, head, dict fields, bint connect, bint reuse, done
     _LaneOpening(proxy, conn, head, fields, connect, reuse, done, verdict, pick, named, lookup_started).open()
 
 
+cdef inline bint _head_body_unread(object head) except -1:
+    """connection.body_unread(head), read from a compiled head's fields."""
+    cdef _Head fields
+    if type(head) is RequestHead:
+        fields = <_Head>head
+        return fields.content_length or fields.chunked or not fields.keep_alive
+    return _body_unread(head)
+
+
 @cython.final
 cdef class _LaneOpening:
     """One lane request from its verdict to its upstream: a pooled connection or the dial."""
@@ -132,7 +141,7 @@ cdef class _LaneOpening:
                  double lookup_started):
         self.proxy, self.conn, self.head, self.fields = proxy, conn, head, fields
         self.connect, self.reuse, self.done = connect, reuse, done
-        self.close = connect or _body_unread(head)  # as Opening's: a CONNECT's failures always close
+        self.close = connect or _head_body_unread(head)  # as Opening's: a CONNECT's failures always close
         self.verdict, self.pick, self.named, self.lookup_started = verdict, pick, named, lookup_started
         self.fd = -1
 
