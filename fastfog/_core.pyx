@@ -46,8 +46,8 @@ include "hot/limits.pxi"  # (after relay.pxi: its clock)
 include "hot/pool.pxi"  # (after relay.pxi: its clock and its watches)
 include "hot/conntrack.pxi"  # (after limits.pxi: its tunnel counts)
 include "hot/imports.pxi"
-include "hot/opening.pxi"
 include "hot/deadline.pxi"
+include "hot/opening.pxi"  # (after deadline.pxi: a dial's deadline)
 include "hot/client.pxi"
 include "hot/exchange.pxi"
 include "hot/records.pxi"

@@ -134,16 +134,16 @@ class ClientStep:
     the socket to be readable and for a deadline, and is tracked as a connection meanwhile, so a
     shutdown closes it. ``_stop()`` undoes all three."""
 
-    __slots__ = ("proxy", "sock", "fd", "_timer", "_ready")
+    __slots__ = ("proxy", "sock", "fd", "_deadline", "_ready")
 
     def __init__(self, proxy, sock):
         self.proxy, self.sock, self.fd = proxy, sock, sock.fileno()
-        self._timer = None
+        self._deadline = hotpaths.Deadline(proxy.loop)
         self._ready = sockio.LevelWatch(proxy.loop, self.fd)
         proxy.connections.add(self)
 
     def _start(self, seconds, on_timeout, step):
-        self._timer = self.proxy.loop.call_later(seconds, on_timeout)
+        self._deadline.set(seconds, on_timeout)
         step()
 
     def _read_when_ready(self, step):
@@ -154,9 +154,7 @@ class ClientStep:
 
     def _stop(self):
         self._ready.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.cancel()
         self.proxy.connections.discard(self)
 
 
@@ -174,7 +172,6 @@ class PreludeStep(ClientStep):
         self._start(self.proxy.config.read_header_timeout or 60.0, self._timed_out, self._step)
 
     def _timed_out(self):
-        self._timer = None
         self._fail(self.TIMEOUT)
 
     def _fail(self, error):
@@ -292,7 +289,7 @@ class Opening:
     """Decide, resolve, classify and dial for one request, with loop callbacks."""
 
     __slots__ = ("proxy", "conn", "head", "fields", "connect", "done", "close", "decision", "via", "port",
-                 "lookup_started", "lookup_ms", "address", "upstream", "watch", "dial_started", "_timer", "reuse",
+                 "lookup_started", "lookup_ms", "address", "upstream", "watch", "dial_started", "_deadline", "reuse",
                  "role", "named", "requested", "body_close")
 
     def __init__(self, proxy, conn, head, fields, connect, done, reuse=False):
@@ -304,7 +301,7 @@ class Opening:
         self.reuse = reuse
         self.body_close = body_unread(head)
         self.close = connect or self.body_close
-        self.decision = self.via = self.address = self.upstream = self.watch = self._timer = self.role = None
+        self.decision = self.via = self.address = self.upstream = self.watch = self._deadline = self.role = None
         self.lookup_ms = 0
         self.named = False  # a host name was looked up (not an IP literal)
 
@@ -470,7 +467,8 @@ class Opening:
         if error in (errno.EINPROGRESS, errno.EAGAIN):
             timeout = proxy.config.connect_timeout
             if timeout:
-                self._timer = proxy.loop.call_later(timeout, self._dial_timed_out)
+                self._deadline = hotpaths.Deadline(proxy.loop)
+                self._deadline.set(timeout, self._dial_timed_out)
             # The connect's end is one edge (writable, or an error) on the proxy's own epoll
             # set, where a forwarded request's socket then stays for as long as it is open.
             self.watch = EdgeWatch(proxy.poller, upstream.fileno())
@@ -481,8 +479,8 @@ class Opening:
 
     @guarded
     def _dialed(self):
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
         # Only an edge that said error or hang-up can carry a failed connect: ask for it then.
         error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if self.watch.hung_up else 0
         self._dial_ended(error)
@@ -523,6 +521,8 @@ class Opening:
                                           self.close))
 
     def _close_upstream(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self.watch is not None:
             self.watch.forget()
             self.watch = None

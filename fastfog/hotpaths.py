@@ -42,6 +42,8 @@ HostGlobSet = _implementation.HostGlobSet
 IdSource = _implementation.IdSource
 Limits = _implementation.Limits
 Scope = _implementation.Scope
+Timers = _implementation.Timers
+timers_for = _implementation.timers_for
 TokenBucket = _implementation.TokenBucket
 UpstreamPool = _implementation.UpstreamPool
 RecordBatch = _implementation.RecordBatch
@@ -78,7 +80,8 @@ __all__ = [
     "Deadline", "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgeWatch", "HeadError", "Histogram", "HostGlobSet",
     "IdSource", "json_line", "Limits", "NO_EXTENSIONS", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
-    "still_open", "TokenBucket", "Tunnel", "TunnelSeries", "UpstreamPool", "upstream_request",
+    "still_open", "Timers", "timers_for", "TokenBucket", "Tunnel", "TunnelSeries", "UpstreamPool",
+    "upstream_request",
 ]
 
 

@@ -31,6 +31,7 @@ from fastfog.connection import (
 from fastfog.hotpaths import (
     BufferedRelay,
     ClientConnection,
+    Deadline,
     Exchange,
     HeadError,
     SpliceRelay,
@@ -91,15 +92,17 @@ class _ProxyAnswer:
             self.answer.set_exception(error)
 
 
-class _Deadline:
-    """Cancels the current task after ``delay`` seconds; ``expired`` tells that cancel apart."""
+class _TaskDeadline:
+    """Cancels the current task after ``delay`` seconds (0: never), on the connection deadlines'
+    timer structure (hotpaths.Deadline); ``expired`` tells that cancel apart."""
 
-    __slots__ = ("_handle", "_task", "expired")
+    __slots__ = ("_deadline", "_task", "expired")
 
     def __init__(self, loop, delay):
         self._task = asyncio.current_task()
         self.expired = False
-        self._handle = loop.call_later(delay, self._expire) if delay else None
+        self._deadline = Deadline(loop)
+        self._deadline.set(delay, self._expire)
 
     def _expire(self):
         self.expired = True
@@ -107,8 +110,7 @@ class _Deadline:
 
     def clear(self, cancelled=False):
         """Stop the timer; after catching our own cancel, un-cancel the task (Python 3.11+)."""
-        if self._handle is not None:
-            self._handle.cancel()
+        self._deadline.cancel()
         if cancelled and self.expired and hasattr(self._task, "uncancel"):
             self._task.uncancel()
 
@@ -229,7 +231,7 @@ class Proxy:
         try:
             await sockio.sendall(self.loop, sock, data)
             sock.shutdown(socket.SHUT_WR)
-            deadline = _Deadline(self.loop, LINGER_SECONDS)
+            deadline = _TaskDeadline(self.loop, LINGER_SECONDS)
             try:
                 discarded = 0
                 while discarded < LINGER_BYTES:
@@ -448,7 +450,7 @@ class Proxy:
             credentials = f"{unquote(via.username)}:{unquote(via.password or '')}".encode()
             request += f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode()}\r\n"
         reader = _ProxyAnswer(self.loop)
-        deadline = _Deadline(self.loop, self.config.connect_timeout)
+        deadline = _TaskDeadline(self.loop, self.config.connect_timeout)
         where = f"upstream proxy {peer_text((upstream.address, via.port))}"
         transport = None
         try:

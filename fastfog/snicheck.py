@@ -76,7 +76,6 @@ class SniCheck(ClientStep):
         self._decide(*found)
 
     def _waited(self):
-        self._timer = None
         self._decide("not-tls" if not self.buffer else "malformed", None)
 
     def _decide(self, state, server_name):

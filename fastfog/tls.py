@@ -33,6 +33,7 @@ import ssl
 from cryptography import x509
 
 from fastfog import sockio
+from fastfog.hotpaths import Deadline
 
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----", re.S)
 
@@ -209,11 +210,12 @@ class OriginHandshake:
     by connect_timeout. Then ``ready()`` (the Upstream's socket and watch are the TLS ones), or
     ``failed(reason)``."""
 
-    __slots__ = ("proxy", "upstream", "host", "ready", "failed", "sock", "watch", "timer")
+    __slots__ = ("proxy", "upstream", "host", "ready", "failed", "sock", "watch", "deadline")
 
     def __init__(self, proxy, upstream, host, ready, failed):
         self.proxy, self.upstream, self.host, self.ready, self.failed = proxy, upstream, host, ready, failed
-        self.sock = self.watch = self.timer = None
+        self.sock = self.watch = None
+        self.deadline = Deadline(proxy.loop)
 
     def start(self):
         upstream, loop = self.upstream, self.proxy.loop
@@ -227,9 +229,7 @@ class OriginHandshake:
             self.failed(getattr(err, "reason", None) or str(err))
             return
         self.watch = sockio.LevelWatch(loop, self.sock.fileno())
-        timeout = self.proxy.config.connect_timeout
-        if timeout:
-            self.timer = loop.call_later(timeout, self._timed_out)
+        self.deadline.set(self.proxy.config.connect_timeout, self._timed_out)  # (0: none)
         self._step()
 
     def _step(self):
@@ -254,15 +254,12 @@ class OriginHandshake:
         self.ready()
 
     def _timed_out(self):
-        self.timer = None
         self.watch.cancel()
         self.failed("handshake timed out")
 
     def _end(self):
         self.watch.cancel()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline.cancel()
 
 
 def _extension(certificate, kind):

@@ -1,47 +1,144 @@
-# The reusable timeout of a client connection's phases, compiled. Twin, and the
-# description: fastfog/reference/deadline.py. A kept-alive connection sets and
-# clears it three times per request; here that is a few C comparisons, and the
-# loop's timer is made again only when a deadline comes earlier than it.
+# Connection deadlines on one timer structure per loop, compiled. Twin, and the
+# description: fastfog/reference/deadline.py. A deadline's set, move and clear are
+# a few C comparisons along a heap of typed objects; the loop's timer is made again
+# only when the earliest deadline comes earlier than it.
+
+cdef class Deadline
+
+
+@cython.final
+cdef class Timers:
+    """The pending deadlines of one loop, earliest first (same API as the twin's)."""
+    cdef object _loop_ref  # the loop holds us (through our timer); we must not hold it
+    cdef list _heap
+    cdef readonly object handle
+    cdef double _armed
+
+    def __init__(self, loop):
+        self._loop_ref = _weakref.ref(loop)
+        self._heap = []
+
+    def __len__(self):
+        return len(self._heap)
+
+    cdef place(self, Deadline deadline):
+        cdef list heap = self._heap
+        cdef double earliest
+        if deadline._index < 0:
+            deadline._index = len(heap)
+            heap.append(deadline)
+            self._sift_up(deadline._index)
+        else:
+            self._sift_down(self._sift_up(deadline._index))
+        earliest = (<Deadline>heap[0])._when
+        if self.handle is None or earliest < self._armed:
+            self._arm(earliest)
+
+    cdef remove(self, Deadline deadline):
+        cdef list heap = self._heap
+        cdef Py_ssize_t index = deadline._index
+        cdef Deadline last = <Deadline>heap.pop()
+        deadline._index = -1
+        if last is not deadline:  # the last one fills the hole, then finds its place
+            heap[index] = last
+            last._index = index
+            self._sift_down(self._sift_up(index))
+
+    cdef _arm(self, double when):
+        if self.handle is not None:
+            self.handle.cancel()
+        self._armed = when
+        self.handle = self._loop_ref().call_at(when, self._run)
+
+    def _run(self):
+        cdef list heap = self._heap
+        cdef Deadline deadline
+        self.handle = None
+        loop = self._loop_ref()
+        cdef double now = loop.time()
+        while heap and (<Deadline>heap[0])._when <= now:
+            deadline = <Deadline>heap[0]
+            self.remove(deadline)
+            callback, deadline._callback = deadline._callback, None
+            try:
+                callback()
+            except Exception as err:  # one connection's bug: the others due now are still called
+                loop.call_exception_handler({"message": "error in a deadline's callback", "exception": err})
+        if heap and self.handle is None:
+            self._arm((<Deadline>heap[0])._when)
+
+    cdef Py_ssize_t _sift_up(self, Py_ssize_t index):
+        cdef list heap = self._heap
+        cdef Deadline moving = <Deadline>heap[index], above
+        cdef Py_ssize_t parent
+        while index > 0:
+            parent = (index - 1) >> 1
+            above = <Deadline>heap[parent]
+            if above._when <= moving._when:
+                break
+            heap[index] = above
+            above._index = index
+            index = parent
+        heap[index] = moving
+        moving._index = index
+        return index
+
+    cdef Py_ssize_t _sift_down(self, Py_ssize_t index):
+        cdef list heap = self._heap
+        cdef Py_ssize_t count = len(heap), child
+        cdef Deadline moving = <Deadline>heap[index], below
+        while True:
+            child = 2 * index + 1
+            if child >= count:
+                break
+            if child + 1 < count and (<Deadline>heap[child + 1])._when < (<Deadline>heap[child])._when:
+                child += 1
+            below = <Deadline>heap[child]
+            if moving._when <= below._when:
+                break
+            heap[index] = below
+            below._index = index
+            index = child
+        heap[index] = moving
+        moving._index = index
+        return index
+
+
+cdef object _timers = _weakref.WeakKeyDictionary()
+
+
+cpdef Timers timers_for(loop):
+    """The Timers of ``loop``, made on first use."""
+    found = _timers.get(loop)
+    if found is None:
+        found = _timers[loop] = Timers(loop)
+    return <Timers>found
+
 
 @cython.final
 cdef class Deadline:
     """At most one pending ``callback``, called once its deadline has passed (same API as
     fastfog.reference.deadline.Deadline)."""
     cdef object _loop, _callback
-    cdef readonly object _handle
-    cdef double _due, _when
+    cdef Timers _timers
+    cdef double _when
+    cdef Py_ssize_t _index
 
     def __init__(self, loop):
-        self._loop = loop
+        self._loop, self._timers = loop, timers_for(loop)
+        self._index = -1
 
     cpdef set(self, seconds, callback):
         if not seconds:
-            self._callback = None
+            self.clear()
             return
-        cdef double when = self._loop.time() + seconds
-        self._when, self._callback = when, callback
-        if self._handle is None or self._due > when:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._due = when
-            self._handle = self._loop.call_at(when, self._fire)
+        self._when, self._callback = self._loop.time() + seconds, callback
+        self._timers.place(self)
 
     cpdef clear(self):
         self._callback = None
+        if self._index >= 0:
+            self._timers.remove(self)
 
     cpdef cancel(self):
-        self._callback = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _fire(self):
-        self._handle = None
-        if self._callback is None:
-            return
-        if self._loop.time() < self._when:  # moved later since the timer was made
-            self._due = self._when
-            self._handle = self._loop.call_at(self._when, self._fire)
-            return
-        callback, self._callback = self._callback, None
-        callback()
+        self.clear()

@@ -134,7 +134,7 @@ cdef class _LaneOpening:
     cdef int fd
     cdef int family
     cdef EdgeWatch watch
-    cdef object timer
+    cdef Deadline deadline  # the dial's (connect_timeout), or None
     cdef double dial_started
 
     def __init__(self, proxy, conn, head, dict fields, bint connect, bint reuse, done, verdict, pick, bint named,
@@ -211,7 +211,8 @@ cdef class _LaneOpening:
         proxy = self.proxy
         timeout = proxy.config.connect_timeout
         if timeout:
-            self.timer = proxy.loop.call_later(timeout, self._timed_out)
+            self.deadline = Deadline(proxy.loop)
+            self.deadline.set(timeout, self._timed_out)
         # The connect's end is one edge (writable, or an error) on the proxy's own epoll set,
         # where the relay then takes the socket over.
         self.watch = EdgeWatch(proxy.poller, self.fd)
@@ -222,9 +223,8 @@ cdef class _LaneOpening:
         cdef int error = 0
         cdef socklen_t length = sizeof(error)
         try:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            if self.deadline is not None:
+                self.deadline.cancel()
             # Only an edge that said error or hang-up can carry a failed connect: ask for it then.
             if self.watch.hung_up and c_getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0:
                 error = errno
@@ -233,7 +233,6 @@ cdef class _LaneOpening:
             self._unexpected(err)
 
     def _timed_out(self):
-        self.timer = None
         try:
             self._close_upstream()
             _count_dial(self.proxy, ETIMEDOUT, self.dial_started)
@@ -282,9 +281,8 @@ cdef class _LaneOpening:
 
     cdef _unexpected(self, err):
         self._close_upstream()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline is not None:
+            self.deadline.cancel()
         decision = self.verdict.decision
         self._answer(_unexpected_failure(self.proxy, self.head, self.fields, decision, self.lookup_ms, err), True)
 

@@ -12,7 +12,7 @@ from fastfog.reference.buffered import BufferedRelay
 from fastfog.reference.cidr import CidrTable
 from fastfog.reference.clienthello import client_hello_sni
 from fastfog.reference.conntrack import ConntrackCore, Tunnel
-from fastfog.reference.deadline import Deadline
+from fastfog.reference.deadline import Deadline, Timers, timers_for
 from fastfog.reference.forwardhead import client_response, rewrite_head, upstream_request
 from fastfog.reference.hostglob import HostGlobSet
 from fastfog.reference.httphead import (
@@ -49,5 +49,6 @@ __all__ = [
     "DEFAULT_MAX_HEAD_SIZE", "DEFAULT_MAX_HEADERS", "EdgePoller", "EdgeWatch", "HeadError", "Histogram",
     "HostGlobSet", "IdSource", "json_line", "Limits", "open_upstream", "parse_request_head", "parse_response_head",
     "poller_for", "RecordBatch", "RequestHead", "ResponseHead", "rewrite_head", "rfc3339", "Scope", "SpliceRelay",
-    "still_open", "TokenBucket", "Tunnel", "TunnelSeries", "UpstreamPool", "upstream_request",
+    "still_open", "Timers", "timers_for", "TokenBucket", "Tunnel", "TunnelSeries", "UpstreamPool",
+    "upstream_request",
 ]

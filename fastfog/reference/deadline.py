@@ -1,57 +1,144 @@
-"""A timeout that is set again and again and seldom reached, in pure Python: the twin of
+"""Connection deadlines on one timer structure per loop, in pure Python: the twin of
 fastfog/hot/deadline.pxi.
 
-A kept-alive client connection moves through a deadline per phase of every
-request: the next head, sending the request, relaying the response. Making and
-cancelling a loop timer for each (three per request) costs more than the rest
-of the bookkeeping. ``Deadline`` keeps one loop timer and only moves the time
-it stands for: when the timer fires before that time, it is set again for the
-rest; it is made anew only when a deadline comes earlier than the timer.
+Every deadline of a connection (its next head, a forwarded request's phases, a
+dial, a TLS handshake, a last answer's linger) is a ``Deadline``, and all of one
+loop's pending deadlines are kept in one ``Timers``: a binary heap ordered by
+when each is due, with one loop timer, armed for the earliest. Each deadline
+knows its place in the heap, so setting, moving or clearing it is O(log n) and
+leaves nothing behind; the loop timer is made again only when the earliest
+deadline comes earlier than it (a kept-alive request sets and clears three
+deadlines; a loop timer for each would cost more than the rest of its
+bookkeeping). A callback that raises is reported to the loop's exception
+handler, and the other deadlines due with it are still called.
 """
+
+import weakref
+
+
+class Timers:
+    """The pending deadlines of one loop, earliest first (``timers_for(loop)``)."""
+
+    __slots__ = ("_loop", "_heap", "handle", "_armed")
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)  # the loop holds us (through our timer); we must not hold it
+        self._heap = []
+        self.handle = None  # the loop timer, due at _armed
+        self._armed = 0.0
+
+    def __len__(self):
+        return len(self._heap)
+
+    def place(self, deadline):
+        """Put ``deadline`` (its ``_when`` just set) where it belongs, new or moved."""
+        heap = self._heap
+        if deadline._index < 0:
+            deadline._index = len(heap)
+            heap.append(deadline)
+            self._sift_up(deadline._index)
+        else:
+            self._sift_down(self._sift_up(deadline._index))
+        earliest = heap[0]._when
+        if self.handle is None or earliest < self._armed:
+            self._arm(earliest)
+
+    def remove(self, deadline):
+        heap = self._heap
+        index, last = deadline._index, heap.pop()
+        deadline._index = -1
+        if last is not deadline:  # the last one fills the hole, then finds its place
+            heap[index], last._index = last, index
+            self._sift_down(self._sift_up(index))
+        # The loop timer stays: when it fires with nothing due, it is set for what is.
+
+    def _arm(self, when):
+        if self.handle is not None:
+            self.handle.cancel()
+        self._armed, self.handle = when, self._loop().call_at(when, self._run)
+
+    def _run(self):
+        self.handle = None
+        loop, heap = self._loop(), self._heap
+        now = loop.time()
+        while heap and heap[0]._when <= now:
+            deadline = heap[0]
+            self.remove(deadline)
+            callback, deadline._callback = deadline._callback, None
+            try:
+                callback()
+            except Exception as err:  # one connection's bug: the others due now are still called
+                loop.call_exception_handler({"message": "error in a deadline's callback", "exception": err})
+        if heap and self.handle is None:
+            self._arm(heap[0]._when)
+
+    def _sift_up(self, index):
+        heap = self._heap
+        moving = heap[index]
+        while index > 0:
+            parent = (index - 1) >> 1
+            above = heap[parent]
+            if above._when <= moving._when:
+                break
+            heap[index], above._index = above, index
+            index = parent
+        heap[index], moving._index = moving, index
+        return index
+
+    def _sift_down(self, index):
+        heap = self._heap
+        count, moving = len(heap), heap[index]
+        while True:
+            child = 2 * index + 1
+            if child >= count:
+                break
+            if child + 1 < count and heap[child + 1]._when < heap[child]._when:
+                child += 1
+            below = heap[child]
+            if moving._when <= below._when:
+                break
+            heap[index], below._index = below, index
+            index = child
+        heap[index], moving._index = moving, index
+        return index
+
+
+_timers = weakref.WeakKeyDictionary()
+
+
+def timers_for(loop):
+    """The Timers of ``loop``, made on first use."""
+    found = _timers.get(loop)
+    if found is None:
+        found = _timers[loop] = Timers(loop)
+    return found
 
 
 class Deadline:
     """At most one pending ``callback``, called once its deadline has passed."""
 
-    __slots__ = ("_loop", "_handle", "_due", "_when", "_callback")
+    __slots__ = ("_loop", "_timers", "_callback", "_when", "_index")
 
     def __init__(self, loop):
-        self._loop = loop
-        self._handle = None  # the loop timer, due at _due (never later than _when while one waits)
-        self._due = self._when = 0.0
+        self._loop, self._timers = loop, timers_for(loop)
         self._callback = None
+        self._when = 0.0
+        self._index = -1  # its place in the heap, or -1: nothing pending
 
     def set(self, seconds, callback):
         """Call ``callback()`` ``seconds`` from now, unless set again or cleared before; 0 clears."""
         if not seconds:
-            self._callback = None
+            self.clear()
             return
-        when = self._loop.time() + seconds
-        self._when, self._callback = when, callback
-        if self._handle is None or self._due > when:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._due = when
-            self._handle = self._loop.call_at(when, self._fire)
+        self._when, self._callback = self._loop.time() + seconds, callback
+        self._timers.place(self)
 
     def clear(self):
-        """Nothing waits any more; the timer stays, to serve the next ``set`` (see cancel)."""
+        """Nothing waits any more."""
         self._callback = None
+        if self._index >= 0:
+            self._timers.remove(self)
 
     def cancel(self):
-        """Clear and drop the timer too: the connection is closing."""
-        self._callback = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _fire(self):
-        self._handle = None
-        if self._callback is None:
-            return
-        if self._loop.time() < self._when:  # moved later since the timer was made
-            self._due = self._when
-            self._handle = self._loop.call_at(self._when, self._fire)
-            return
-        callback, self._callback = self._callback, None
-        callback()
+        """Clear (the connection is closing)."""
+        self.clear()

@@ -98,7 +98,7 @@ def test_type_stubs_describe_both_implementations(impl):
                         "ClientConnection", "Deadline", "still_open", "RecordBatch",
                         "upstream_request", "client_response",
                         "TokenBucket", "Scope", "Limits", "RecordsCore",
-                        "UpstreamPool", "ConntrackCore", "Tunnel"}
+                        "UpstreamPool", "ConntrackCore", "Tunnel", "Timers", "timers_for"}
     loop = asyncio.new_event_loop()
     client, upstream = socket.socketpair()
     samples = {
@@ -117,6 +117,7 @@ def test_type_stubs_describe_both_implementations(impl):
                                           impl.Histogram((1,))),
         "Exchange": impl.Exchange(None, types.SimpleNamespace(watch=lambda: None), None, {}, None, 0.0, None),
         "Deadline": impl.Deadline(loop),
+        "Timers": impl.timers_for(loop),
         "UpstreamPool": impl.UpstreamPool(),
         "RecordsCore": impl.RecordsCore(None, None, None),
         "TokenBucket": impl.TokenBucket(1.0, 2),
