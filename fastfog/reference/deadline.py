@@ -103,7 +103,7 @@ class Timers:
         return index
 
 
-_timers = weakref.WeakKeyDictionary()
+_timers: "weakref.WeakKeyDictionary[object, Timers]" = weakref.WeakKeyDictionary()
 
 
 def timers_for(loop):
