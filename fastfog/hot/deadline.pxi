@@ -1,7 +1,7 @@
 # Connection deadlines on one timer structure per loop, compiled. Twin, and the
-# description: fastfog/reference/deadline.py. A deadline's set, move and clear are
-# a few C comparisons along a heap of typed objects; the loop's timer is made again
-# only when the earliest deadline comes earlier than it.
+# description: fastfog/reference/deadline.py. Setting a deadline later and clearing
+# it are a store; an earlier one moves up a heap of typed objects; the loop's timer
+# is made again only when the earliest place comes earlier than it.
 
 cdef class Deadline
 
@@ -25,12 +25,15 @@ cdef class Timers:
         cdef list heap = self._heap
         cdef double earliest
         if deadline._index < 0:
-            deadline._index = len(heap)
+            deadline._key, deadline._index = deadline._when, len(heap)
             heap.append(deadline)
             self._sift_up(deadline._index)
+        elif deadline._when < deadline._key:
+            deadline._key = deadline._when
+            self._sift_up(deadline._index)
         else:
-            self._sift_down(self._sift_up(deadline._index))
-        earliest = (<Deadline>heap[0])._when
+            return  # later: its place comes first, and it goes back in at its time then
+        earliest = (<Deadline>heap[0])._key
         if self.handle is None or earliest < self._armed:
             self._arm(earliest)
 
@@ -56,16 +59,22 @@ cdef class Timers:
         self.handle = None
         loop = self._loop_ref()
         cdef double now = loop.time()
-        while heap and (<Deadline>heap[0])._when <= now:
+        while heap and (<Deadline>heap[0])._key <= now:
             deadline = <Deadline>heap[0]
+            if deadline._callback is not None and deadline._when > now:  # set later meanwhile
+                deadline._key = deadline._when
+                self._sift_down(0)
+                continue
             self.remove(deadline)
             callback, deadline._callback = deadline._callback, None
+            if callback is None:  # cleared
+                continue
             try:
                 callback()
             except Exception as err:  # one connection's bug: the others due now are still called
                 loop.call_exception_handler({"message": "error in a deadline's callback", "exception": err})
         if heap and self.handle is None:
-            self._arm((<Deadline>heap[0])._when)
+            self._arm((<Deadline>heap[0])._key)
 
     cdef Py_ssize_t _sift_up(self, Py_ssize_t index):
         cdef list heap = self._heap
@@ -74,7 +83,7 @@ cdef class Timers:
         while index > 0:
             parent = (index - 1) >> 1
             above = <Deadline>heap[parent]
-            if above._when <= moving._when:
+            if above._key <= moving._key:
                 break
             heap[index] = above
             above._index = index
@@ -91,10 +100,10 @@ cdef class Timers:
             child = 2 * index + 1
             if child >= count:
                 break
-            if child + 1 < count and (<Deadline>heap[child + 1])._when < (<Deadline>heap[child])._when:
+            if child + 1 < count and (<Deadline>heap[child + 1])._key < (<Deadline>heap[child])._key:
                 child += 1
             below = <Deadline>heap[child]
-            if moving._when <= below._when:
+            if moving._key <= below._key:
                 break
             heap[index] = below
             below._index = index
@@ -121,7 +130,7 @@ cdef class Deadline:
     fastfog.reference.deadline.Deadline)."""
     cdef object _loop, _callback
     cdef Timers _timers
-    cdef double _when
+    cdef double _when, _key  # its time; its place's (never later while it waits)
     cdef Py_ssize_t _index
 
     def __init__(self, loop):
@@ -130,15 +139,15 @@ cdef class Deadline:
 
     cpdef set(self, seconds, callback):
         if not seconds:
-            self.clear()
+            self._callback = None
             return
         self._when, self._callback = self._loop.time() + seconds, callback
         self._timers.place(self)
 
     cpdef clear(self):
         self._callback = None
-        if self._index >= 0:
-            self._timers.remove(self)
 
     cpdef cancel(self):
-        self.clear()
+        self._callback = None
+        if self._index >= 0:
+            self._timers.remove(self)

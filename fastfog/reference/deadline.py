@@ -3,14 +3,16 @@ fastfog/hot/deadline.pxi.
 
 Every deadline of a connection (its next head, a forwarded request's phases, a
 dial, a TLS handshake, a last answer's linger) is a ``Deadline``, and all of one
-loop's pending deadlines are kept in one ``Timers``: a binary heap ordered by
-when each is due, with one loop timer, armed for the earliest. Each deadline
-knows its place in the heap, so setting, moving or clearing it is O(log n) and
-leaves nothing behind; the loop timer is made again only when the earliest
-deadline comes earlier than it (a kept-alive request sets and clears three
-deadlines; a loop timer for each would cost more than the rest of its
-bookkeeping). A callback that raises is reported to the loop's exception
-handler, and the other deadlines due with it are still called.
+loop's are kept in one ``Timers``: a binary heap with one loop timer, armed for
+its earliest entry. A kept-alive request sets and clears three deadlines, so
+that is made cheap: each deadline holds one place in the heap (it knows where),
+keyed by a time no later than its own; setting it later only changes its own
+time, and clearing it only drops its callback. When its place comes due, a
+deadline moved later goes back into the heap at its time, and a cleared one
+leaves. Only an earlier time moves it up the heap (and the loop timer, when it
+becomes the earliest); ``cancel`` (the connection is closing) takes it out at
+once. A callback that raises is reported to the loop's exception handler, and
+the other deadlines due with it are still called.
 """
 
 import weakref
@@ -31,15 +33,18 @@ class Timers:
         return len(self._heap)
 
     def place(self, deadline):
-        """Put ``deadline`` (its ``_when`` just set) where it belongs, new or moved."""
+        """``deadline`` was set to its ``_when``: make sure its place comes no later."""
         heap = self._heap
         if deadline._index < 0:
-            deadline._index = len(heap)
+            deadline._key, deadline._index = deadline._when, len(heap)
             heap.append(deadline)
             self._sift_up(deadline._index)
+        elif deadline._when < deadline._key:
+            deadline._key = deadline._when
+            self._sift_up(deadline._index)
         else:
-            self._sift_down(self._sift_up(deadline._index))
-        earliest = heap[0]._when
+            return  # later: its place comes first, and it goes back in at its time then
+        earliest = heap[0]._key
         if self.handle is None or earliest < self._armed:
             self._arm(earliest)
 
@@ -61,16 +66,22 @@ class Timers:
         self.handle = None
         loop, heap = self._loop(), self._heap
         now = loop.time()
-        while heap and heap[0]._when <= now:
+        while heap and heap[0]._key <= now:
             deadline = heap[0]
+            if deadline._callback is not None and deadline._when > now:  # set later meanwhile
+                deadline._key = deadline._when
+                self._sift_down(0)
+                continue
             self.remove(deadline)
             callback, deadline._callback = deadline._callback, None
+            if callback is None:  # cleared
+                continue
             try:
                 callback()
             except Exception as err:  # one connection's bug: the others due now are still called
                 loop.call_exception_handler({"message": "error in a deadline's callback", "exception": err})
         if heap and self.handle is None:
-            self._arm(heap[0]._when)
+            self._arm(heap[0]._key)
 
     def _sift_up(self, index):
         heap = self._heap
@@ -78,7 +89,7 @@ class Timers:
         while index > 0:
             parent = (index - 1) >> 1
             above = heap[parent]
-            if above._when <= moving._when:
+            if above._key <= moving._key:
                 break
             heap[index], above._index = above, index
             index = parent
@@ -92,10 +103,10 @@ class Timers:
             child = 2 * index + 1
             if child >= count:
                 break
-            if child + 1 < count and heap[child + 1]._when < heap[child]._when:
+            if child + 1 < count and heap[child + 1]._key < heap[child]._key:
                 child += 1
             below = heap[child]
-            if moving._when <= below._when:
+            if moving._key <= below._key:
                 break
             heap[index], below._index = below, index
             index = child
@@ -117,28 +128,28 @@ def timers_for(loop):
 class Deadline:
     """At most one pending ``callback``, called once its deadline has passed."""
 
-    __slots__ = ("_loop", "_timers", "_callback", "_when", "_index")
+    __slots__ = ("_loop", "_timers", "_callback", "_when", "_key", "_index")
 
     def __init__(self, loop):
         self._loop, self._timers = loop, timers_for(loop)
         self._callback = None
-        self._when = 0.0
-        self._index = -1  # its place in the heap, or -1: nothing pending
+        self._when = self._key = 0.0  # its time; its place's (never later while it waits)
+        self._index = -1  # its place in the heap, or -1: none
 
     def set(self, seconds, callback):
         """Call ``callback()`` ``seconds`` from now, unless set again or cleared before; 0 clears."""
         if not seconds:
-            self.clear()
+            self._callback = None
             return
         self._when, self._callback = self._loop.time() + seconds, callback
         self._timers.place(self)
 
     def clear(self):
-        """Nothing waits any more."""
+        """Nothing waits any more; the place stays, to serve the next ``set`` (see cancel)."""
+        self._callback = None
+
+    def cancel(self):
+        """Clear, and give the place up too: the connection is closing."""
         self._callback = None
         if self._index >= 0:
             self._timers.remove(self)
-
-    def cancel(self):
-        """Clear (the connection is closing)."""
-        self.clear()
