@@ -99,3 +99,55 @@ def open_pipes():
         except FileNotFoundError:  # the descriptor listdir itself used
             pass
     return count
+
+
+class RelayTunnel:
+    """client ⇄ [relay: client_side, upstream_side] ⇄ origin, for the relay tests: ``client_side``
+    is the proxy's end of the client's connection; the upstream is a loopback TCP pair."""
+
+    def __init__(self, impl, loop, client, client_side, first_bytes=b""):
+        self.client, self.loop = client, loop
+        upstream_side, self.origin = tcp_pair()
+        self.closed = loop.create_future()
+        self.relay = impl.SpliceRelay(loop, client_side, upstream_side,
+                                      lambda relay: self.closed.set_result(relay), first_bytes)
+
+    def close(self):
+        self.client.close()
+        self.origin.close()
+
+
+async def both_ways(tunnel, outbound, inbound):
+    """Send the ``outbound`` parts from the tunnel's client and the ``inbound`` ones from its
+    origin at once, each side ending after its last, while both read to their end:
+    (what the origin read, what the client read), each as (bytes, how it ended)."""
+    async def send(sock, parts):
+        for part in parts:
+            await tunnel.send(sock, part)
+            await asyncio.sleep(0)
+        tunnel.end(sock)
+
+    results = await asyncio.gather(send(tunnel.client, outbound), send(tunnel.origin, inbound),
+                                   tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
+    return results[2], results[3]
+
+
+def check_streams_through_every_relay(make_tunnel, first, outbound, inbound):
+    """Each implementation's relay, in the tunnel ``make_tunnel(impl, loop, first_bytes)`` makes
+    (with ``client``, ``origin``, ``relay``, ``closed``, ``send``, ``end``, ``read_all`` and
+    ``close``), carries ``outbound`` parts one way and ``inbound`` the other, each side ending
+    after its last, and delivers both streams whole, counted, without an error."""
+    async def scenario(impl):
+        loop = asyncio.get_running_loop()
+        tunnel = make_tunnel(impl, loop, first)
+        tunnel.relay.start()
+        at_origin, at_client = await both_ways(tunnel, outbound, inbound)
+        relay = await tunnel.closed
+        tunnel.close()
+        return at_origin, at_client, relay.bytes_out, relay.bytes_in, relay.error
+
+    expected = (first + b"".join(outbound), "eof"), (b"".join(inbound), "eof")
+    for impl in IMPLEMENTATIONS.values():
+        got = run_watched(scenario(impl))
+        assert got[:2] == expected
+        assert got[2:] == (len(expected[0][0]), len(expected[1][0]), None)

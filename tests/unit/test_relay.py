@@ -9,21 +9,23 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import IMPLEMENTATIONS, open_pipes, run_watched as run, tcp_pair
+from support import RelayTunnel, both_ways, check_streams_through_every_relay, open_pipes, tcp_pair
+from support import run_watched as run
 
 pytestmark = pytest.mark.netns  # loopback of the test namespace
 
 
-class Tunnel:
-    """client ⇄ [relay: client_side, upstream_side] ⇄ origin."""
+class Tunnel(RelayTunnel):
+    """client ⇄ [relay: client_side, upstream_side] ⇄ origin, all plain TCP."""
 
     def __init__(self, impl, loop, first_bytes=b""):
-        self.client, client_side = tcp_pair()
-        upstream_side, self.origin = tcp_pair()
-        self.closed = loop.create_future()
-        self.relay = impl.SpliceRelay(loop, client_side, upstream_side,
-                                      lambda relay: self.closed.set_result(relay), first_bytes)
-        self.loop = loop
+        super().__init__(impl, loop, *tcp_pair(), first_bytes)
+
+    async def send(self, sock, data):
+        await self.loop.sock_sendall(sock, data)
+
+    def end(self, sock):
+        sock.shutdown(socket.SHUT_WR)
 
     async def read_all(self, sock):
         data = b""
@@ -35,10 +37,6 @@ class Tunnel:
             if not chunk:
                 return data, "eof"
             data += chunk
-
-    def close(self):
-        self.client.close()
-        self.origin.close()
 
 
 def test_both_directions_counts_and_first_bytes(impl):
@@ -211,15 +209,9 @@ def test_bulk_both_ways_intact(impl):
         tunnel = Tunnel(impl, loop)
         tunnel.relay.start()
         up, down = os.urandom(8 << 20), os.urandom(6 << 20)
-
-        async def send(sock, data):
-            await loop.sock_sendall(sock, data)
-            sock.shutdown(socket.SHUT_WR)
-
-        results = await asyncio.gather(send(tunnel.client, up), send(tunnel.origin, down),
-                                       tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
-        assert hashlib.sha256(results[2][0]).digest() == hashlib.sha256(up).digest()
-        assert hashlib.sha256(results[3][0]).digest() == hashlib.sha256(down).digest()
+        at_origin, at_client = await both_ways(tunnel, [up], [down])
+        assert hashlib.sha256(at_origin[0]).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(at_client[0]).digest() == hashlib.sha256(down).digest()
         relay = await tunnel.closed
         assert (relay.bytes_out, relay.bytes_in) == (len(up), len(down))
         tunnel.close()
@@ -251,25 +243,4 @@ chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
 @settings(max_examples=25, deadline=None)
 @given(first=st.binary(max_size=500), outbound=chunks, inbound=chunks)
 def test_every_implementation_delivers_the_same_streams(first, outbound, inbound):
-    async def scenario(impl):
-        loop = asyncio.get_running_loop()
-        tunnel = Tunnel(impl, loop, first_bytes=first)
-        tunnel.relay.start()
-
-        async def send(sock, parts):
-            for part in parts:
-                await loop.sock_sendall(sock, part)
-                await asyncio.sleep(0)
-            sock.shutdown(socket.SHUT_WR)
-
-        results = await asyncio.gather(send(tunnel.client, outbound), send(tunnel.origin, inbound),
-                                       tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
-        relay = await tunnel.closed
-        tunnel.close()
-        return results[2], results[3], relay.bytes_out, relay.bytes_in, relay.error
-
-    expected = (first + b"".join(outbound), "eof"), (b"".join(inbound), "eof")
-    for impl in IMPLEMENTATIONS.values():
-        got = run(scenario(impl))
-        assert got[:2] == expected
-        assert got[2:] == (len(expected[0][0]), len(expected[1][0]), None)
+    check_streams_through_every_relay(Tunnel, first, outbound, inbound)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pki import make_pki
-from support import IMPLEMENTATIONS, open_pipes, tcp_pair
+from support import RelayTunnel, both_ways, check_streams_through_every_relay, open_pipes, tcp_pair
 from support import run_watched as run
 
 from fastfog.tls import ClientTLSSocket, ServerTLS
@@ -55,16 +55,11 @@ def handshake(contexts):
     raise AssertionError("the handshake did not finish")
 
 
-class TLSTunnel:
+class TLSTunnel(RelayTunnel):
     """client ⇄ TLS ⇄ [relay: the proxy's end of the TLS, upstream_side] ⇄ origin."""
 
     def __init__(self, impl, loop, contexts, first_bytes=b""):
-        self.client, client_side = handshake(contexts)
-        upstream_side, self.origin = tcp_pair()
-        self.closed = loop.create_future()
-        self.relay = impl.SpliceRelay(loop, client_side, upstream_side,
-                                      lambda relay: self.closed.set_result(relay), first_bytes)
-        self.loop = loop
+        super().__init__(impl, loop, *handshake(contexts), first_bytes)
 
     async def ready(self, sock, write=False):
         ready = self.loop.create_future()
@@ -85,6 +80,11 @@ class TLSTunnel:
             except BlockingIOError:
                 await self.ready(sock, write=True)
 
+    @staticmethod
+    def end(sock):
+        """TCP only, on the client too: its own close_notify step could drop what arrives meanwhile."""
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+
     async def read_all(self, sock):
         """What ``sock`` receives until its end: (bytes, "eof" | "reset" | OpenSSL's reason)."""
         data = b""
@@ -101,10 +101,6 @@ class TLSTunnel:
             if not chunk:
                 return data, "eof"
             data += chunk
-
-    def close(self):
-        self.client.close()
-        self.origin.close()
 
 
 def test_both_directions_first_bytes_and_each_half_close(impl, contexts):
@@ -151,16 +147,18 @@ def test_megabytes_each_way_in_many_records_and_never_a_pipe(impl, contexts):
         tunnel = TLSTunnel(impl, loop, contexts)
         tunnel.relay.start()
         up, down = os.urandom(3 << 20), os.urandom(2 << 20)
+        pipes = set()
 
-        async def send_then_end(sock, data):
-            await tunnel.send(sock, data)
-            sock.shutdown(socket.SHUT_WR)
+        async def count_pipes():
+            while not tunnel.closed.done():
+                pipes.add(open_pipes() - baseline)
+                await asyncio.sleep(0.002)
 
-        results = await asyncio.gather(send_then_end(tunnel.client, up), send_then_end(tunnel.origin, down),
-                                       tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
-        assert results[2] == (up, "eof") and results[3] == (down, "eof")
-        assert open_pipes() == baseline  # TLS bytes pass through user space: nothing to splice
+        counting = asyncio.ensure_future(count_pipes())
+        assert await both_ways(tunnel, [up], [down]) == ((up, "eof"), (down, "eof"))
         relay = await tunnel.closed
+        await counting
+        assert pipes == {0}  # TLS bytes pass through user space: nothing to splice, ever
         assert (relay.bytes_out, relay.bytes_in, relay.error) == (len(up), len(down), None)
         tunnel.close()
     run(scenario())
@@ -207,30 +205,8 @@ chunks = st.lists(st.binary(min_size=1, max_size=40000), max_size=8)
 def test_every_implementation_delivers_the_same_streams_through_tls(tmp_path_factory, first, outbound, inbound):
     contexts = CONTEXTS.get("pair") or CONTEXTS.setdefault("pair", tls_contexts(
         make_pki(tmp_path_factory.mktemp("pki"))))
-
-    async def scenario(impl):
-        loop = asyncio.get_running_loop()
-        tunnel = TLSTunnel(impl, loop, contexts, first_bytes=first)
-        tunnel.relay.start()
-
-        async def send(sock, parts):
-            for part in parts:
-                await tunnel.send(sock, part)
-                await asyncio.sleep(0)
-            # TCP only on the client: its own close_notify step could drop what arrives meanwhile
-            socket.socket.shutdown(sock, socket.SHUT_WR)
-
-        results = await asyncio.gather(send(tunnel.client, outbound), send(tunnel.origin, inbound),
-                                       tunnel.read_all(tunnel.origin), tunnel.read_all(tunnel.client))
-        relay = await tunnel.closed
-        tunnel.close()
-        return results[2], results[3], relay.bytes_out, relay.bytes_in, relay.error
-
-    expected = (first + b"".join(outbound), "eof"), (b"".join(inbound), "eof")
-    for impl in IMPLEMENTATIONS.values():
-        got = run(scenario(impl))
-        assert got[:2] == expected
-        assert got[2:] == (len(expected[0][0]), len(expected[1][0]), None)
+    check_streams_through_every_relay(lambda impl, loop, first_bytes: TLSTunnel(impl, loop, contexts, first_bytes),
+                                      first, outbound, inbound)
 
 
 CONTEXTS = {}  # the property test's contexts, made once (Hypothesis runs it many times)
