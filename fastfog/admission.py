@@ -144,9 +144,10 @@ class Admission:
 
     def _plugin_role(self, client, head):
         """role_from_request: a str is the role; None is a missing role; raising denies."""
+        certificate = client.peer_certificate  # shared by the certificate's connections: the plugin gets its own
         view = RequestView(client.address, head.method, head.target,
                            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers],
-                           client.peer_certificate)
+                           None if certificate is None else dict(certificate))
         try:
             role = self.config.role_plugin(view)
         except Exception as err:  # the plugin's own way of saying no

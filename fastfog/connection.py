@@ -23,7 +23,6 @@ import socket
 import ssl
 import time
 
-from cryptography import x509
 
 from fastfog import hotpaths, proxyproto, reasons, sockio
 from fastfog.acl import AUTH_REQUIRED, Decision
@@ -270,18 +269,14 @@ class Handshake(PreludeStep):
         if self._then is not None:
             self._then(sock)
             return
-        der_certificate = sock.getpeercert(binary_form=True)
-        peer_certificate = None
-        if der_certificate is not None:
-            try:
-                revoked = proxy.tls.revocations.revoked(x509.load_der_x509_certificate(der_certificate))
-            except ValueError as err:
-                self._fail(f"unreadable client certificate: {err}")
-                return
-            if revoked:
-                self._fail("client certificate revoked")
-                return
-            peer_certificate = sock.getpeercert()
+        try:
+            revoked, peer_certificate = proxy.tls.client_certificate(sock)
+        except ValueError as err:
+            self._fail(f"unreadable client certificate: {err}")
+            return
+        if revoked:
+            self._fail("client certificate revoked")
+            return
         hotpaths.ClientConnection(proxy, sock, self.address, peer_certificate).read_head()
 
 

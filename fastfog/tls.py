@@ -372,7 +372,10 @@ class ServerTLS:
     ``warnings``: what start-up should log (CAs without a CRL, CRLs out of their validity).
     """
 
+    KNOWN_CLIENTS = 4096  # client certificates remembered (see client_certificate); then forgotten all at once
+
     def __init__(self, tls, now=None):
+        self._known = {}
         self.context = context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_RENEGOTIATION
@@ -411,6 +414,28 @@ class ServerTLS:
             if ca.subject not in covered:
                 self.warnings.append(f"tls.client_ca_files: {path}: no CRL for this CA; "
                                      "its certificates are not checked for revocation")
+
+
+    def client_certificate(self, sock):
+        """(revoked, the certificate as ``getpeercert()`` gives it) for the client certificate of
+        ``sock``'s finished handshake: (False, None) without one; ValueError for one that
+        cryptography cannot read. Remembered by its DER bytes: the same clients come back (a
+        resumed session carries the same certificate), and the answer depends only on the
+        certificate and this revocation set, which a reload replaces along with this object. The
+        certificate's dict is shared by its connections, read-only."""
+        der = sock.getpeercert(binary_form=True)
+        if der is None:
+            return False, None
+        known = self._known.get(der)
+        if known is None:
+            if self.revocations.revoked(x509.load_der_x509_certificate(der)):
+                known = (True, None)
+            else:
+                known = (False, sock.getpeercert())
+            if len(self._known) >= self.KNOWN_CLIENTS:
+                self._known.clear()
+            self._known[der] = known
+        return known
 
 
 def subject_fields(peer_certificate, name):

@@ -99,3 +99,49 @@ def test_bad_files_name_the_key_and_the_file(pki, tmp_path):
         ServerTLS({**tls_block(pki), "crl_files": (str(tmp_path / "missing.crl"),)})
     with pytest.raises(TLSConfigError, match="tls.crl_files: .*: not a CRL: no X509 CRL block"):
         ServerTLS({**tls_block(pki), "crl_files": (pki["ca"],)})
+
+
+class FinishedHandshake:
+    """What ServerTLS.client_certificate reads of a socket whose handshake is done; counts the
+    decodings (getpeercert() without binary_form)."""
+
+    def __init__(self, der):
+        self.der, self.decoded = der, 0
+
+    def getpeercert(self, binary_form=False):
+        if binary_form:
+            return self.der
+        self.decoded += 1
+        return {"subject": ((("commonName", "client"),),), "decoded": self.decoded}
+
+
+def der(path):
+    return certificate(path).public_bytes(Encoding.DER)
+
+
+def test_a_client_certificate_is_checked_and_decoded_once_per_revocation_set(pki):
+    tls = ServerTLS(tls_block(pki))
+    first, again = FinishedHandshake(der(pki["open"])), FinishedHandshake(der(pki["open"]))
+    revoked, seen = tls.client_certificate(first)
+    assert (revoked, seen["decoded"]) == (False, 1)
+    assert tls.client_certificate(again) == (False, seen) and again.decoded == 0  # remembered
+    assert tls.client_certificate(FinishedHandshake(der(pki["revoked"]))) == (True, None)
+    assert tls.client_certificate(FinishedHandshake(None)) == (False, None)  # no certificate sent
+    reloaded = ServerTLS(tls_block(pki, crls=()))  # a reload: another revocation set, nothing remembered
+    assert reloaded.client_certificate(FinishedHandshake(der(pki["revoked"])))[0] is False
+    assert reloaded.client_certificate(again)[1]["decoded"] == 1
+
+
+def test_an_unreadable_certificate_is_refused_and_not_remembered(pki):
+    tls = ServerTLS(tls_block(pki))
+    with pytest.raises(ValueError):
+        tls.client_certificate(FinishedHandshake(b"\x30\x03\x02\x01\x00"))
+    assert len(tls._known) == 0
+
+
+def test_the_memory_of_client_certificates_is_bounded(pki):
+    tls = ServerTLS(tls_block(pki))
+    tls.KNOWN_CLIENTS = 2
+    for name in ("open", "enforce", "second"):
+        tls.client_certificate(FinishedHandshake(der(pki[name])))
+    assert len(tls._known) == 1  # full at the third: forgotten, then the third remembered
