@@ -30,8 +30,11 @@ cdef tuple _peer_address(sockaddr_storage* address, socklen_t length):
     return (host.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo), v6.sin6_scope_id)
 
 
+cdef object _family_of = _socket_type.socket.family  # the C attribute (socket.py's property makes an IntEnum)
+
+
 def accept_batch(listener, int limit, take):
-    cdef int family = listener.family
+    cdef int family = _family_of.__get__(listener)
     cdef int listening = listener.fileno()
     cdef int fd, index = 0
     cdef sockaddr_storage address

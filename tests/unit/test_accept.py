@@ -36,3 +36,16 @@ def test_an_accept_error_stops_the_batch_and_is_returned(impl):
         not_listening.bind(("127.0.0.1", 0))
         count, error = impl.accept_batch(not_listening, 64, lambda sock, address: None)
     assert count == 0 and isinstance(error, OSError) and error.errno == errno.EINVAL
+
+
+def test_a_unix_listener_is_taken_the_plain_way(impl, tmp_path):
+    path = str(tmp_path / "listener.sock")
+    with socket.socket(socket.AF_UNIX) as listener, socket.socket(socket.AF_UNIX) as client:
+        listener.bind(path)
+        listener.listen()
+        listener.setblocking(False)
+        client.connect(path)
+        taken = []
+        assert impl.accept_batch(listener, 64, lambda sock, address: taken.append(sock)) == (1, None)
+        assert taken[0].family == socket.AF_UNIX and not taken[0].getblocking()
+        taken[0].close()
