@@ -113,15 +113,12 @@ cdef class Timers:
         return index
 
 
-cdef object _timers = _weakref.WeakKeyDictionary()
+cdef PerLoop _timers = PerLoop(Timers)
 
 
 cpdef Timers timers_for(loop):
     """The Timers of ``loop``, made on first use."""
-    found = _timers.get(loop)
-    if found is None:
-        found = _timers[loop] = Timers(loop)
-    return <Timers>found
+    return <Timers>_timers.get(loop)
 
 
 @cython.final

@@ -9,6 +9,7 @@
 # buffer as recv does.
 
 from libc.errno cimport EAGAIN, EEXIST, EINTR, errno
+from libc.limits cimport LLONG_MAX
 from libc.string cimport strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -277,21 +278,33 @@ cpdef bint still_open(sock) except -1:
     return found < 0 and errno == EAGAIN  # (EWOULDBLOCK is EAGAIN on Linux)
 
 
-_pollers = _weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop
-cdef tuple _last = (None, None)  # the loop last asked for and its poller, as one value (threads may race)
+@cython.final
+cdef class PerLoop:
+    """One object per event loop (same API as fastfog.reference.relay.PerLoop)."""
+    cdef object _made
+    cdef object _make
+    cdef tuple _last
+
+    def __init__(self, make):
+        self._made, self._make, self._last = _weakref.WeakKeyDictionary(), make, (None, None)
+
+    cpdef get(self, loop):
+        cdef tuple last = self._last
+        if last[0] is loop:
+            return last[1]
+        found = self._made.get(loop)
+        if found is None:
+            found = self._made[loop] = self._make(loop)
+        self._last = (loop, found)
+        return found
+
+
+cdef PerLoop _pollers = PerLoop(EdgePoller)
 
 
 cpdef EdgePoller poller_for(loop):
     """The EdgePoller of ``loop``, made on first use."""
-    global _last
-    cdef tuple last = _last
-    if last[0] is loop:
-        return <EdgePoller>last[1]
-    poller = _pollers.get(loop)
-    if poller is None:
-        poller = _pollers[loop] = EdgePoller(loop)
-    _last = (loop, poller)
-    return <EdgePoller>poller
+    return <EdgePoller>_pollers.get(loop)
 
 
 cdef inline object _tls_of(object sock):
@@ -305,6 +318,7 @@ cdef class _SpliceDirection:
     cdef object dst
     cdef object src_tls  # a TLS socket's OpenSSL connection, or None: a plain socket
     cdef object dst_tls
+    cdef long long copy_limit  # bytes copied before splicing (never, with a TLS socket)
     cdef int src_fd
     cdef int dst_fd
     cdef int pipe_r
@@ -329,6 +343,7 @@ cdef class _SpliceDirection:
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.src_tls, self.dst_tls = _tls_of(src), _tls_of(dst)
+        self.copy_limit = RELAY_COPY_LIMIT if self.src_tls is None and self.dst_tls is None else LLONG_MAX
         self.pending = pending
         return 0
 
@@ -461,8 +476,7 @@ cdef class _SpliceDirection:
                     except Exception:  # a closed loop: nothing will run again anyway
                         pass
                 return
-            if self.pipe_r < 0 and (self.moved < RELAY_COPY_LIMIT or self.src_tls is not None
-                                    or self.dst_tls is not None):  # TLS bytes are never spliced
+            if self.pipe_r < 0 and self.moved < self.copy_limit:
                 received = self.copy()
                 if received == -EAGAIN:
                     self.src_ready = False

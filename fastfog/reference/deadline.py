@@ -17,6 +17,8 @@ the other deadlines due with it are still called.
 
 import weakref
 
+from fastfog.reference.relay import PerLoop
+
 
 class Timers:
     """The pending deadlines of one loop, earliest first (``timers_for(loop)``)."""
@@ -114,15 +116,12 @@ class Timers:
         return index
 
 
-_timers: "weakref.WeakKeyDictionary[object, Timers]" = weakref.WeakKeyDictionary()
+_timers = PerLoop(Timers)
 
 
 def timers_for(loop):
     """The Timers of ``loop``, made on first use."""
-    found = _timers.get(loop)
-    if found is None:
-        found = _timers[loop] = Timers(loop)
-    return found
+    return _timers.get(loop)
 
 
 class Deadline:

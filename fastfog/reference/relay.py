@@ -218,25 +218,33 @@ def _grow_pipe(write_end):
         pass  # over /proc/sys/fs/pipe-max-size for this user: the default size works too
 
 
-_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its EdgePoller, gone with the loop
-_last = (None, None)  # the loop last asked for and its poller, as one value (threads may race here)
+class PerLoop:
+    """One object per event loop, ``make(loop)`` at its first ``get``, gone with the loop; the
+    loop last asked for is answered without a lookup."""
+
+    __slots__ = ("_made", "_make", "_last")
+
+    def __init__(self, make):
+        self._made, self._make = weakref.WeakKeyDictionary(), make
+        self._last = (None, None)  # the loop last asked for and its object, as one value (threads may race)
+
+    def get(self, loop):
+        last = self._last
+        if last[0] is loop:
+            return last[1]
+        found = self._made.get(loop)
+        if found is None:
+            found = self._made[loop] = self._make(loop)
+        self._last = (loop, found)
+        return found
+
+
+_pollers = PerLoop(EdgePoller)
 
 
 def poller_for(loop):
     """The EdgePoller of ``loop``, made on first use."""
-    last = _last
-    if last[0] is loop:
-        return last[1]
-    return _remember(loop)
-
-
-def _remember(loop):
-    global _last
-    poller = _pollers.get(loop)
-    if poller is None:
-        poller = _pollers[loop] = EdgePoller(loop)
-    _last = (loop, poller)
-    return poller
+    return _pollers.get(loop)
 
 
 def is_tls(sock):
